@@ -1,0 +1,8 @@
+"""giftjax.kernels: fused kernels with pallas, xla and reference implementations.
+
+Installed as ``giftjax.kernels`` (setup.py maps this folder). Imports only jax.
+"""
+
+from giftjax.kernels.group_norm import group_normalize, group_normalize_reference
+
+__all__ = ["group_normalize", "group_normalize_reference"]

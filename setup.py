@@ -1,0 +1,52 @@
+"""Install giftjax.
+
+The Pallas kernels live in the top-level folder ``kernels/`` and are installed as
+``giftjax.kernels`` (the bare name ``kernels`` belongs to another PyPI package).
+"""
+
+from setuptools import find_packages, setup
+
+# Versions seen working together on Python 3.11 (DESIGN.md section 6).
+JAX_VERSION = "0.10.2"
+
+INSTALL_REQUIRES = [
+    f"jax=={JAX_VERSION}",
+    f"jaxlib=={JAX_VERSION}",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "numpy>=1.26,<3",
+    "safetensors>=0.4",
+    "transformers>=4.50,<6",
+]
+
+EXTRAS = {
+    # Tests run on the CPU. torch is only for parity tests against transformers;
+    # 2.13.0 is pinned because it is the CPU build available on our machines (any
+    # other requirement pulls several GB of CUDA packages).
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3",
+        "hypothesis>=6.100",
+        "ruff==0.17.6",
+        "torch==2.13.0",
+        "libtpu==0.0.42.1",  # ahead-of-time TPU compiles on a CPU machine
+    ],
+    "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
+    "data": ["grain>=0.2", "tensorflow-datasets>=4.9"],
+}
+
+setup(
+    name="giftjax",
+    version="0.1.0",
+    description="GIFT, GAC and RL fine-tuning baselines for LLMs in JAX/Flax, TPU-native.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[*find_packages(include=["giftjax", "giftjax.*"]), "giftjax.kernels"],
+    package_dir={"giftjax.kernels": "kernels"},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
