@@ -49,9 +49,7 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
 
 
-def group_stats(
-    x: jax.Array, group_size: int, ddof: int
-) -> tuple[jax.Array, jax.Array]:
+def group_stats(x: jax.Array, group_size: int, ddof: int) -> tuple[jax.Array, jax.Array]:
     """Per-group mean and std of ``x: [B]``, each of shape ``[P]`` in float32."""
     xg = x.astype(jnp.float32).reshape(-1, group_size)  # [P, G]
     mean = jnp.mean(xg, axis=1)  # [P]

@@ -197,3 +197,43 @@ def finish(numerator: Array, denominator: Array, metrics: dict[str, Array]) -> t
     aux["numerator"] = numerator
     aux["denominator"] = denominator
     return safe_divide(numerator, denominator), aux
+
+
+def apply_preset(
+    fn_name: str,
+    preset: str | None,
+    presets: dict[str, dict[str, object]],
+    given: dict[str, object],
+    defaults: dict[str, object],
+) -> dict[str, object]:
+    """Resolve a loss's ``preset=`` into argument values.
+
+    ``preset=None`` returns ``given`` unchanged. A named preset supplies its published
+    values for the arguments it controls. Passing one of those arguments with a value other
+    than the function's default is refused (ValueError naming it), so that nothing the
+    caller asked for is silently overridden: use ``preset=None`` and set every argument to
+    depart from a preset.
+
+    Args:
+      fn_name: the loss's name, for messages.
+      preset: the preset name or None.
+      presets: name -> {argument: value}.
+      given: the values the function received, by argument name.
+      defaults: the function's default values, by argument name.
+
+    Returns:
+      ``given`` updated with the preset's values.
+    """
+    if preset is None:
+        return dict(given)
+    check_choice(f"{fn_name}: preset", preset, (None, *presets))
+    resolved = dict(given)
+    for name, value in presets[preset].items():
+        if given[name] != defaults[name] and given[name] != value:
+            raise ValueError(
+                f"{fn_name}: preset={preset!r} sets {name}={value!r}, but {name}="
+                f"{given[name]!r} was passed. Drop {name} to use the preset, or pass "
+                f"preset=None and set every argument yourself."
+            )
+        resolved[name] = value
+    return resolved
