@@ -5,6 +5,16 @@ Every loss takes log-probabilities (never a model) and returns ``(loss, aux)`` w
 Imports only jax, optax and ``giftjax.kernels``.
 """
 
+from giftjax.losses.advantages import ADVANTAGE_METHODS, ADVANTAGE_SCALES, group_advantages
 from giftjax.losses.common import AGG_MODES, aggregate, sequence_logps
+from giftjax.losses.gift import gift_loss
 
-__all__ = ["AGG_MODES", "aggregate", "sequence_logps"]
+__all__ = [
+    "ADVANTAGE_METHODS",
+    "ADVANTAGE_SCALES",
+    "AGG_MODES",
+    "aggregate",
+    "gift_loss",
+    "group_advantages",
+    "sequence_logps",
+]
