@@ -6,5 +6,19 @@ Imports only jax, optax and ``giftjax.kernels``.
 """
 
 from giftjax.losses.common import AGG_MODES, aggregate, sequence_logps
+from giftjax.losses.dpo import dpo_loss
+from giftjax.losses.grpo import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, kl_penalty
+from giftjax.losses.sft import sft_loss
+from giftjax.losses.una import una_loss
 
 __all__ = ["AGG_MODES", "aggregate", "sequence_logps"]
+__all__ += [
+    "dapo_loss",
+    "dpo_loss",
+    "dr_grpo_loss",
+    "grpo_loss",
+    "gspo_loss",
+    "kl_penalty",
+    "sft_loss",
+    "una_loss",
+]
