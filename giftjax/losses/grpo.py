@@ -42,9 +42,10 @@ MAX_LOG_RATIO = 20.0
 
 # Published defaults, by preset name.
 GRPO_PRESETS: dict[str, dict[str, object]] = {
-    # Shao et al. 2024 (DeepSeekMath, arXiv 2402.03300), Eq. 3 and Sec. 4.2: KL coefficient
-    # 0.04 with the unbiased k3 estimator, 1/|o_i| per sequence then 1/G over the group;
-    # clip epsilon 0.2 (the PPO value GRPO implementations use).
+    # Shao et al. 2024 (DeepSeekMath, arXiv 2402.03300): objective 1/G sum_i 1/|o_i| sum_t
+    # (per-sequence token mean, then the mean over sequences), the KL term with the
+    # unbiased estimator pi_ref/pi - log(pi_ref/pi) - 1 (k3) and coefficient 0.04. The
+    # paper states no clip epsilon; 0.2 is PPO's value, which GRPO implementations use.
     "grpo": {
         "clip_low": 0.2,
         "clip_high": 0.2,
@@ -71,8 +72,9 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
         "importance": "token",
         "agg": "seq-mean-token-sum-norm",
     },
-    # Zheng et al. 2025 (GSPO, arXiv 2507.18071), Sec. 5.1: sequence-level ratio with
-    # clipping ranges 3e-4 (left) and 4e-4 (right), 1/G over sequences, no KL term.
+    # Zheng et al. 2025 (GSPO, arXiv 2507.18071): sequence-level ratio, 1/G over the
+    # sequences, clipping ranges 3e-4 (left) and 4e-4 (right) in its experiments; the
+    # GSPO objective has no KL term.
     "gspo": {
         "clip_low": 3e-4,
         "clip_high": 4e-4,
