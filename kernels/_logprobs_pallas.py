@@ -1,0 +1,348 @@
+"""Per-token log-probs as Mosaic TPU (Pallas) kernels.
+
+Three kernels, all on a grid of token blocks (``block_n`` rows, a multiple of 8)
+by vocabulary blocks (``block_v`` columns, a multiple of 128), the TPU (8, 128)
+tiling; the reduction axis is innermost and "arbitrary", the other "parallel":
+
+* forward, grid ``(N/bn, V/bv)``: float32 VMEM scratch holds the running max
+  ``m``, the rescaled sum ``s``, the target logit and (for the entropy)
+  ``a = sum exp(z - m) z``; the last vocabulary step writes ``logp = z_t - lse``,
+  ``lse = m + log s`` and ``H = lse - a / s``.
+* ``d hidden``, grid ``(N/bn, V/bv)``: recomputes the logits, forms
+  ``dz = g (1[v = t] - p) - g_H p (z - E_p[z])`` and accumulates ``dz @ W_blk^T`` in
+  a float32 ``[bn, D]`` scratch.
+* ``d W``, grid ``(V/bv, N/bn)``: the same ``dz``, accumulating ``h_blk^T @ dz``
+  in a float32 ``[D, bv]`` scratch.
+
+``N`` and ``V`` need not be multiples of the blocks: the last blocks read past
+the arrays (unspecified values on a TPU, NaN in interpret mode), so vocabulary
+columns ``>= V`` are set to ``-inf`` before the max and the sum, and their ``W``
+columns and ``dz`` to zero before any matmul; token rows ``>= N`` are zeroed
+before the ``dW`` contraction. Out-of-range output rows/columns are dropped.
+
+Per-token vectors travel as ``[N, 1]`` float32 (a full-width last dimension is a
+valid block). On a non-TPU backend the same kernels run with ``interpret=True``;
+``lax.platform_dependent`` makes that choice when lowering, so an ahead-of-time
+compile for a TPU topology from a CPU host gets the Mosaic kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+__all__ = ["default_blocks", "logprobs_pallas"]
+
+# VMEM the default blocks aim to stay under (the default scoped limit is 16 MiB on v5e).
+_VMEM_BUDGET = 12 * 2**20
+
+
+def default_blocks(dim: int, itemsize: int) -> tuple[int, int]:
+    """``(block_n, block_v)`` keeping the double-buffered W and dW tiles in VMEM."""
+    block_v = 512
+    # W tile [D, bv] (x2 buffers) + dW tile (x2) + float32 dW accumulator [D, bv].
+    while block_v > 128 and dim * block_v * (4 * itemsize + 4) > _VMEM_BUDGET:
+        block_v //= 2
+    block_n = 256 if dim * 256 * (2 * itemsize + 4 + 2 * itemsize) <= _VMEM_BUDGET // 2 else 128
+    return block_n, block_v
+
+
+def _col_ids(shape, j, block_v):
+    """Global vocabulary id of each column of a ``shape`` tile in vocab block ``j``."""
+    return j * block_v + lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+
+
+def _logits(h, w, inv_t):
+    z = lax.dot_general(h, w, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return z * inv_t if inv_t != 1.0 else z
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _fwd_kernel(h_ref, w_ref, t_ref, *refs, inv_t, vocab, block_v, with_entropy):
+    if with_entropy:
+        logp_ref, lse_ref, ent_ref, mz_ref, m_sc, s_sc, tgt_sc, a_sc = refs
+    else:
+        logp_ref, lse_ref, m_sc, s_sc, tgt_sc = refs
+    j = pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, -jnp.inf, jnp.float32)
+        s_sc[...] = jnp.zeros(s_sc.shape, jnp.float32)
+        tgt_sc[...] = jnp.zeros(tgt_sc.shape, jnp.float32)
+        if with_entropy:
+            a_sc[...] = jnp.zeros(a_sc.shape, jnp.float32)
+
+    z = _logits(h_ref[...], w_ref[...], inv_t)  # [bn, bv] f32
+    cols = _col_ids(z.shape, j, block_v)
+    valid = cols < vocab
+    z = jnp.where(valid, z, -jnp.inf)  # vocabulary padding never reaches the logsumexp
+    m_old = m_sc[...]  # [bn, 1]
+    m_new = jnp.maximum(m_old, jnp.max(z, axis=1, keepdims=True))
+    alpha = jnp.exp(m_old - m_new)
+    e = jnp.exp(z - m_new)  # 0 on padding
+    s_sc[...] = s_sc[...] * alpha + jnp.sum(e, axis=1, keepdims=True)
+    if with_entropy:
+        ez = jnp.where(valid, e * z, 0.0)
+        a_sc[...] = a_sc[...] * alpha + jnp.sum(ez, axis=1, keepdims=True)
+    hit = cols == t_ref[...]  # [bn, bv] vs [bn, 1]
+    tgt_sc[...] += jnp.sum(jnp.where(hit, z, 0.0), axis=1, keepdims=True)
+    m_sc[...] = m_new
+
+    @pl.when(j == pl.num_programs(1) - 1)
+    def _finish():
+        lse = m_sc[...] + jnp.log(s_sc[...])
+        lse_ref[...] = lse
+        logp_ref[...] = tgt_sc[...] - lse
+        if with_entropy:
+            mean_z = a_sc[...] / s_sc[...]
+            mz_ref[...] = mean_z
+            ent_ref[...] = lse - mean_z
+
+
+def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
+    n, d = h.shape
+    vocab = w.shape[1]
+    grid = (pl.cdiv(n, block_n), pl.cdiv(vocab, block_v))
+    row = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
+    n_out = 4 if with_entropy else 2
+    kernel = functools.partial(
+        _fwd_kernel, inv_t=inv_t, vocab=vocab, block_v=block_v, with_entropy=with_entropy
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct((n, 1), jnp.float32)] * n_out,
+        grid=grid,
+        in_specs=[
+            pl.BlockSpec((block_n, d), lambda i, j: (i, 0)),
+            pl.BlockSpec((d, block_v), lambda i, j: (0, j)),
+            row,
+        ],
+        out_specs=[row] * n_out,
+        scratch_shapes=[pltpu.VMEM((block_n, 1), jnp.float32)] * (4 if with_entropy else 3),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret,
+        name="token_logprobs_fwd",
+    )(h, w, t2)
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+def _dz(z, cols, t, lse, g, mean_z, g_ent, inv_t):
+    """Logit gradient of ``g * logp + g_H * H`` (float32), times ``1 / T``."""
+    p = jnp.exp(z - lse)
+    onehot = (cols == t).astype(jnp.float32)
+    dz = g * (onehot - p)
+    if g_ent is not None:
+        dz = dz - g_ent * p * (z - mean_z)
+    return dz * inv_t if inv_t != 1.0 else dz
+
+
+def _dh_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, *refs, inv_t, vocab, block_v, with_entropy):
+    if with_entropy:
+        mz_ref, ge_ref, dh_ref, acc = refs
+    else:
+        dh_ref, acc = refs
+    j = pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _init():
+        acc[...] = jnp.zeros(acc.shape, jnp.float32)
+
+    w = w_ref[...]  # [D, bv]
+    w = jnp.where(_col_ids(w.shape, j, block_v) < vocab, w, jnp.zeros_like(w))
+    z = _logits(h_ref[...], w, inv_t)  # [bn, bv]
+    cols = _col_ids(z.shape, j, block_v)
+    mean_z, g_ent = (mz_ref[...], ge_ref[...]) if with_entropy else (None, None)
+    dz = _dz(z, cols, t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
+    dz = jnp.where(cols < vocab, dz, 0.0).astype(w.dtype)
+    # [bn, bv] x [D, bv] -> [bn, D]
+    acc[...] += lax.dot_general(dz, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+    @pl.when(j == pl.num_programs(1) - 1)
+    def _finish():
+        dh_ref[...] = acc[...].astype(dh_ref.dtype)
+
+
+def _dw_kernel(
+    h_ref, w_ref, t_ref, lse_ref, g_ref, *refs, inv_t, num_tokens, block_n, block_v, with_entropy
+):
+    if with_entropy:
+        mz_ref, ge_ref, dw_ref, acc = refs
+    else:
+        dw_ref, acc = refs
+    j, i = pl.program_id(0), pl.program_id(1)
+
+    @pl.when(i == 0)
+    def _init():
+        acc[...] = jnp.zeros(acc.shape, jnp.float32)
+
+    h = h_ref[...]  # [bn, D]
+    rows_h = i * block_n + lax.broadcasted_iota(jnp.int32, h.shape, 0)
+    h = jnp.where(rows_h < num_tokens, h, jnp.zeros_like(h))  # token padding -> 0
+    z = _logits(h, w_ref[...], inv_t)  # [bn, bv]
+    cols = _col_ids(z.shape, j, block_v)
+    mean_z, g_ent = (mz_ref[...], ge_ref[...]) if with_entropy else (None, None)
+    dz = _dz(z, cols, t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
+    rows = i * block_n + lax.broadcasted_iota(jnp.int32, dz.shape, 0)
+    dz = jnp.where(rows < num_tokens, dz, 0.0).astype(h.dtype)
+    # [bn, D] x [bn, bv] -> [D, bv]
+    acc[...] += lax.dot_general(h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+    @pl.when(i == pl.num_programs(1) - 1)
+    def _finish():
+        dw_ref[...] = acc[...].astype(dw_ref.dtype)
+
+
+def _backward(h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, interpret):
+    n, d = h.shape
+    vocab = w.shape[1]
+    with_entropy = g_ent is not None
+    rows_in = [t2, lse, g] + ([mean_z, g_ent] if with_entropy else [])
+    params = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+
+    # d hidden: grid (token block i, vocab block j).
+    row = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
+    dh = pl.pallas_call(
+        functools.partial(
+            _dh_kernel, inv_t=inv_t, vocab=vocab, block_v=block_v, with_entropy=with_entropy
+        ),
+        out_shape=jax.ShapeDtypeStruct((n, d), h.dtype),
+        grid=(pl.cdiv(n, block_n), pl.cdiv(vocab, block_v)),
+        in_specs=[
+            pl.BlockSpec((block_n, d), lambda i, j: (i, 0)),
+            pl.BlockSpec((d, block_v), lambda i, j: (0, j)),
+        ]
+        + [row] * len(rows_in),
+        out_specs=pl.BlockSpec((block_n, d), lambda i, j: (i, 0)),
+        scratch_shapes=[pltpu.VMEM((block_n, d), jnp.float32)],
+        compiler_params=params,
+        interpret=interpret,
+        name="token_logprobs_dhidden",
+    )(h, w, *rows_in)
+
+    # dW: grid (vocab block j, token block i); tokens are the reduction.
+    row_t = pl.BlockSpec((block_n, 1), lambda j, i: (i, 0))
+    dw = pl.pallas_call(
+        functools.partial(
+            _dw_kernel,
+            inv_t=inv_t,
+            num_tokens=n,
+            block_n=block_n,
+            block_v=block_v,
+            with_entropy=with_entropy,
+        ),
+        out_shape=jax.ShapeDtypeStruct((d, vocab), w.dtype),
+        grid=(pl.cdiv(vocab, block_v), pl.cdiv(n, block_n)),
+        in_specs=[
+            pl.BlockSpec((block_n, d), lambda j, i: (i, 0)),
+            pl.BlockSpec((d, block_v), lambda j, i: (0, j)),
+        ]
+        + [row_t] * len(rows_in),
+        out_specs=pl.BlockSpec((d, block_v), lambda j, i: (0, j)),
+        scratch_shapes=[pltpu.VMEM((d, block_v), jnp.float32)],
+        compiler_params=params,
+        interpret=interpret,
+        name="token_logprobs_dlmhead",
+    )(h, w, *rows_in)
+    return dh, dw
+
+
+# ------------------------------------------------------------------------ custom_vjp
+
+
+def _on_platform(fn, *args):
+    """Mosaic on TPU, interpret mode elsewhere, decided when lowering."""
+    return lax.platform_dependent(
+        *args,
+        tpu=functools.partial(fn, interpret=False),
+        default=functools.partial(fn, interpret=True),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _logprobs(h, w, t, temperature, with_entropy, block_n, block_v, interpret):
+    out, _ = _logprobs_fwd(h, w, t, temperature, with_entropy, block_n, block_v, interpret)
+    return out
+
+
+def _logprobs_fwd(h, w, t, temperature, with_entropy, block_n, block_v, interpret):
+    fwd = functools.partial(
+        _forward,
+        inv_t=1.0 / temperature,
+        with_entropy=with_entropy,
+        block_n=block_n,
+        block_v=block_v,
+    )
+    t2 = t[:, None]  # [N, 1]
+    outs = (
+        fwd(h, w, t2, interpret=interpret) if interpret is not None else _on_platform(fwd, h, w, t2)
+    )
+    if with_entropy:
+        logp, lse, ent, mean_z = outs
+        return (logp[:, 0], ent[:, 0]), (h, w, t, lse, mean_z)
+    logp, lse = outs
+    return logp[:, 0], (h, w, t, lse, None)
+
+
+def _logprobs_bwd(temperature, with_entropy, block_n, block_v, interpret, res, cts):
+    h, w, t, lse, mean_z = res
+    g, g_ent = cts if with_entropy else (cts, None)
+    g2 = g.astype(jnp.float32)[:, None]
+    ge2 = g_ent.astype(jnp.float32)[:, None] if with_entropy else None
+    bwd = functools.partial(_backward, inv_t=1.0 / temperature, block_n=block_n, block_v=block_v)
+    args = (h, w, t[:, None], lse, g2, mean_z, ge2)
+    if interpret is not None:
+        dh, dw = bwd(*args, interpret=interpret)
+    else:
+        dh, dw = _on_platform(bwd, *args)
+    return dh, dw, None
+
+
+_logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
+
+
+def logprobs_pallas(
+    h: jax.Array,
+    w: jax.Array,
+    t: jax.Array,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    block_n: int | None = None,
+    block_v: int | None = None,
+    interpret: bool | None = None,
+):
+    """Pallas log-probs of flattened tokens.
+
+    Args:
+      h: ``[N, D]`` hidden states; w: ``[D, V]`` LM head (same dtype); t: ``[N]`` int32.
+      temperature: static ``T > 0``.
+      with_entropy: also return the entropy.
+      block_n: token block, a multiple of 8 (``None``: ``default_blocks``).
+      block_v: vocabulary block, a multiple of 128 (``None``: ``default_blocks``).
+      interpret: force interpret mode on/off; ``None`` chooses by lowering platform.
+
+    Returns:
+      ``logps [N]`` float32, or ``(logps, entropy)``.
+    """
+    bn, bv = default_blocks(h.shape[1], jnp.dtype(h.dtype).itemsize)
+    block_n = bn if block_n is None else block_n
+    block_v = bv if block_v is None else block_v
+    if not isinstance(block_n, int) or block_n < 8 or block_n % 8:
+        raise ValueError(
+            f"block_n must be a positive multiple of 8 (TPU sublanes), got {block_n!r}."
+        )
+    if not isinstance(block_v, int) or block_v < 128 or block_v % 128:
+        raise ValueError(
+            f"block_v must be a positive multiple of 128 (TPU lanes), got {block_v!r}."
+        )
+    return _logprobs(h, w, t, float(temperature), bool(with_entropy), block_n, block_v, interpret)

@@ -1,0 +1,169 @@
+"""Blockwise per-token log-probs in plain JAX: a loop over vocabulary blocks.
+
+Forward: for each block of ``block_v`` columns of ``W: [D, V]`` compute the
+``[N, block_v]`` logits, fold them into an online logsumexp (running max ``m``,
+rescaled sum ``s``), pick the target logit, and (for the entropy) accumulate
+``a = sum_v exp(z_v - m) z_v``, rescaled like ``s``. Then ``lse = m + log s``,
+``logp = z_t - lse`` and ``H = lse - a / s``.
+
+Backward (``custom_vjp``; residuals: hidden, W, targets, lse and, with the
+entropy, ``E_p[z] = a / s``): with ``p = exp(z - lse)`` and cotangents ``g``
+(log-probs) and ``g_H`` (entropy), the logit gradient is::
+
+    dz_v = g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])
+
+recomputed block by block; ``d hidden = (dz @ W_blk^T) / T`` accumulates in a
+float32 ``[N, D]`` buffer (the only large temporary), and ``dW_blk = hidden^T @ dz / T``
+is complete after one block and written straight into the ``[D, V]`` output.
+
+A ragged last block is a separate step with a static width (no padded copy of
+``W``); matmuls take the input dtype (bf16 stays bf16 on the MXU) and accumulate
+in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["default_block_v", "logprobs_xla"]
+
+# Bytes of one [N, block_v] float32 temporary the default block aims at.
+_BLOCK_BYTES = 16 * 2**20
+
+
+def default_block_v(num_tokens: int, vocab: int) -> int:
+    """A vocabulary block keeping ``[N, block_v]`` float32 near 16 MiB (128 .. 4096)."""
+    block = _BLOCK_BYTES // (4 * max(num_tokens, 1))
+    block = max(128, min(4096, block // 128 * 128))
+    return min(block, vocab)
+
+
+def _logits(h: jax.Array, w_blk: jax.Array, inv_t: float) -> jax.Array:
+    """``[N, D] @ [D, Vb] -> [N, Vb]`` float32, scaled by ``1 / T``."""
+    z = lax.dot_general(h, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return z * inv_t if inv_t != 1.0 else z
+
+
+def _forward_stats(h, w, t, inv_t, block_v, with_entropy):
+    """``(lse [N], target logit [N], E_p[z] [N] or None)`` by an online logsumexp."""
+    n = h.shape[0]
+    vocab = w.shape[1]
+    num_full, tail = divmod(vocab, block_v)
+
+    def step(start, width, carry):
+        m, s, tgt, a = carry
+        w_blk = lax.dynamic_slice_in_dim(w, start, width, axis=1)  # [D, Vb]
+        z = _logits(h, w_blk, inv_t)  # [N, Vb]
+        m_new = jnp.maximum(m, jnp.max(z, axis=1))
+        alpha = jnp.exp(m - m_new)
+        e = jnp.exp(z - m_new[:, None])  # [N, Vb]
+        s = s * alpha + jnp.sum(e, axis=1)
+        if with_entropy:
+            a = a * alpha + jnp.sum(e * z, axis=1)
+        cols = lax.broadcasted_iota(jnp.int32, z.shape, 1)
+        hit = cols == (t - start)[:, None]  # [N, Vb]; no hit when t is outside the block
+        tgt = tgt + jnp.sum(jnp.where(hit, z, 0.0), axis=1)
+        return m_new, s, tgt, a
+
+    zeros = jnp.zeros((n,), jnp.float32)
+    carry = (jnp.full((n,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
+    if num_full:
+        carry = lax.fori_loop(0, num_full, lambda i, c: step(i * block_v, block_v, c), carry)
+    if tail:
+        carry = step(num_full * block_v, tail, carry)
+    m, s, tgt, a = carry
+    lse = m + jnp.log(s)
+    mean_z = a / s if with_entropy else None
+    return lse, tgt, mean_z
+
+
+def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v):
+    """``(d hidden [N, D] in h.dtype, dW [D, V] in w.dtype)`` block by block."""
+    vocab = w.shape[1]
+    num_full, tail = divmod(vocab, block_v)
+
+    def step(start, width, carry):
+        dh, dw = carry
+        w_blk = lax.dynamic_slice_in_dim(w, start, width, axis=1)  # [D, Vb]
+        z = _logits(h, w_blk, inv_t)  # [N, Vb]
+        p = jnp.exp(z - lse[:, None])
+        cols = lax.broadcasted_iota(jnp.int32, z.shape, 1)
+        onehot = (cols == (t - start)[:, None]).astype(jnp.float32)
+        dz = g[:, None] * (onehot - p)
+        if g_ent is not None:
+            dz = dz - g_ent[:, None] * p * (z - mean_z[:, None])
+        dz = (dz * inv_t).astype(h.dtype)  # chain rule through z = (h @ W) / T
+        # [N, Vb] x [D, Vb] -> [N, D]; contracts Vb without transposing W_blk in HBM.
+        dh = dh + lax.dot_general(
+            dz, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+        )
+        # [N, D] x [N, Vb] -> [D, Vb]: the whole column block of dW, final after this step.
+        dw_blk = lax.dot_general(
+            h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+        )
+        dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(w.dtype), start, axis=1)
+        return dh, dw
+
+    carry = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, w.dtype))
+    if num_full:
+        carry = lax.fori_loop(0, num_full, lambda i, c: step(i * block_v, block_v, c), carry)
+    if tail:
+        carry = step(num_full * block_v, tail, carry)
+    dh, dw = carry
+    return dh.astype(h.dtype), dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _logprobs(h, w, t, temperature, with_entropy, block_v):
+    out, _ = _logprobs_fwd(h, w, t, temperature, with_entropy, block_v)
+    return out
+
+
+def _logprobs_fwd(h, w, t, temperature, with_entropy, block_v):
+    lse, tgt, mean_z = _forward_stats(h, w, t, 1.0 / temperature, block_v, with_entropy)
+    logps = tgt - lse
+    out = (logps, lse - mean_z) if with_entropy else logps
+    return out, (h, w, t, lse, mean_z)
+
+
+def _logprobs_bwd(temperature, with_entropy, block_v, res, cts):
+    h, w, t, lse, mean_z = res
+    g, g_ent = cts if with_entropy else (cts, None)
+    dh, dw = _backward(h, w, t, lse, mean_z, g, g_ent, 1.0 / temperature, block_v)
+    return dh, dw, None
+
+
+_logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
+
+
+def logprobs_xla(
+    h: jax.Array,
+    w: jax.Array,
+    t: jax.Array,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    block_v: int | None = None,
+):
+    """Blockwise log-probs of flattened tokens.
+
+    Args:
+      h: ``[N, D]`` hidden states; w: ``[D, V]`` LM head (same dtype); t: ``[N]`` int32.
+      temperature: static ``T > 0``.
+      with_entropy: also return the entropy.
+      block_v: vocabulary block (any positive int; ``None``: ``default_block_v``).
+
+    Returns:
+      ``logps [N]`` float32, or ``(logps, entropy)``.
+    """
+    vocab = w.shape[1]
+    if block_v is None:
+        block_v = default_block_v(h.shape[0], vocab)
+    if not isinstance(block_v, int) or block_v < 1:
+        raise ValueError(f"block_v must be a positive int, got {block_v!r}.")
+    block_v = min(block_v, vocab)
+    return _logprobs(h, w, t, float(temperature), bool(with_entropy), block_v)
