@@ -36,7 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-__all__ = ["default_blocks", "logprobs_pallas"]
+__all__ = ["backward", "check_blocks", "default_blocks", "forward_stats"]
 
 # VMEM the default blocks aim to stay under (the default scoped limit is 16 MiB on v5e).
 _VMEM_BUDGET = 12 * 2**20
@@ -67,9 +67,9 @@ def _logits(h, w, inv_t):
 
 def _fwd_kernel(h_ref, w_ref, t_ref, *refs, inv_t, vocab, block_v, with_entropy):
     if with_entropy:
-        logp_ref, lse_ref, ent_ref, mz_ref, m_sc, s_sc, tgt_sc, a_sc = refs
+        lse_ref, tgt_ref, mz_ref, m_sc, s_sc, tgt_sc, a_sc = refs
     else:
-        logp_ref, lse_ref, m_sc, s_sc, tgt_sc = refs
+        lse_ref, tgt_ref, m_sc, s_sc, tgt_sc = refs
     j = pl.program_id(1)
 
     @pl.when(j == 0)
@@ -92,19 +92,16 @@ def _fwd_kernel(h_ref, w_ref, t_ref, *refs, inv_t, vocab, block_v, with_entropy)
     if with_entropy:
         ez = jnp.where(valid, e * z, 0.0)
         a_sc[...] = a_sc[...] * alpha + jnp.sum(ez, axis=1, keepdims=True)
-    hit = cols == t_ref[...]  # [bn, bv] vs [bn, 1]
+    hit = (cols == t_ref[...]) & valid  # [bn, bv] vs [bn, 1]; ids >= V never hit padding
     tgt_sc[...] += jnp.sum(jnp.where(hit, z, 0.0), axis=1, keepdims=True)
     m_sc[...] = m_new
 
     @pl.when(j == pl.num_programs(1) - 1)
     def _finish():
-        lse = m_sc[...] + jnp.log(s_sc[...])
-        lse_ref[...] = lse
-        logp_ref[...] = tgt_sc[...] - lse
+        lse_ref[...] = m_sc[...] + jnp.log(s_sc[...])
+        tgt_ref[...] = tgt_sc[...]
         if with_entropy:
-            mean_z = a_sc[...] / s_sc[...]
-            mz_ref[...] = mean_z
-            ent_ref[...] = lse - mean_z
+            mz_ref[...] = a_sc[...] / s_sc[...]
 
 
 def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
@@ -112,7 +109,7 @@ def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
     vocab = w.shape[1]
     grid = (pl.cdiv(n, block_n), pl.cdiv(vocab, block_v))
     row = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
-    n_out = 4 if with_entropy else 2
+    n_out = 3 if with_entropy else 2
     kernel = functools.partial(
         _fwd_kernel, inv_t=inv_t, vocab=vocab, block_v=block_v, with_entropy=with_entropy
     )
@@ -202,7 +199,9 @@ def _dw_kernel(
         dw_ref[...] = acc[...].astype(dw_ref.dtype)
 
 
-def _backward(h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, interpret):
+def _backward(
+    h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, dh_dtype, dw_dtype, interpret
+):
     n, d = h.shape
     vocab = w.shape[1]
     with_entropy = g_ent is not None
@@ -215,7 +214,7 @@ def _backward(h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, inter
         functools.partial(
             _dh_kernel, inv_t=inv_t, vocab=vocab, block_v=block_v, with_entropy=with_entropy
         ),
-        out_shape=jax.ShapeDtypeStruct((n, d), h.dtype),
+        out_shape=jax.ShapeDtypeStruct((n, d), dh_dtype),
         grid=(pl.cdiv(n, block_n), pl.cdiv(vocab, block_v)),
         in_specs=[
             pl.BlockSpec((block_n, d), lambda i, j: (i, 0)),
@@ -240,7 +239,7 @@ def _backward(h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, inter
             block_v=block_v,
             with_entropy=with_entropy,
         ),
-        out_shape=jax.ShapeDtypeStruct((d, vocab), w.dtype),
+        out_shape=jax.ShapeDtypeStruct((d, vocab), dw_dtype),
         grid=(pl.cdiv(vocab, block_v), pl.cdiv(n, block_n)),
         in_specs=[
             pl.BlockSpec((block_n, d), lambda j, i: (i, 0)),
@@ -256,11 +255,13 @@ def _backward(h, w, t2, lse, g, mean_z, g_ent, *, inv_t, block_n, block_v, inter
     return dh, dw
 
 
-# ------------------------------------------------------------------------ custom_vjp
+# ------------------------------------------------------------------------ entry points
 
 
-def _on_platform(fn, *args):
-    """Mosaic on TPU, interpret mode elsewhere, decided when lowering."""
+def _on_platform(fn, interpret, *args):
+    """Mosaic on TPU, interpret mode elsewhere (decided when lowering), unless forced."""
+    if interpret is not None:
+        return fn(*args, interpret=interpret)
     return lax.platform_dependent(
         *args,
         tpu=functools.partial(fn, interpret=False),
@@ -268,75 +269,8 @@ def _on_platform(fn, *args):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _logprobs(h, w, t, temperature, with_entropy, block_n, block_v, interpret):
-    out, _ = _logprobs_fwd(h, w, t, temperature, with_entropy, block_n, block_v, interpret)
-    return out
-
-
-def _logprobs_fwd(h, w, t, temperature, with_entropy, block_n, block_v, interpret):
-    fwd = functools.partial(
-        _forward,
-        inv_t=1.0 / temperature,
-        with_entropy=with_entropy,
-        block_n=block_n,
-        block_v=block_v,
-    )
-    t2 = t[:, None]  # [N, 1]
-    outs = (
-        fwd(h, w, t2, interpret=interpret) if interpret is not None else _on_platform(fwd, h, w, t2)
-    )
-    if with_entropy:
-        logp, lse, ent, mean_z = outs
-        return (logp[:, 0], ent[:, 0]), (h, w, t, lse, mean_z)
-    logp, lse = outs
-    return logp[:, 0], (h, w, t, lse, None)
-
-
-def _logprobs_bwd(temperature, with_entropy, block_n, block_v, interpret, res, cts):
-    h, w, t, lse, mean_z = res
-    g, g_ent = cts if with_entropy else (cts, None)
-    g2 = g.astype(jnp.float32)[:, None]
-    ge2 = g_ent.astype(jnp.float32)[:, None] if with_entropy else None
-    bwd = functools.partial(_backward, inv_t=1.0 / temperature, block_n=block_n, block_v=block_v)
-    args = (h, w, t[:, None], lse, g2, mean_z, ge2)
-    if interpret is not None:
-        dh, dw = bwd(*args, interpret=interpret)
-    else:
-        dh, dw = _on_platform(bwd, *args)
-    return dh, dw, None
-
-
-_logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
-
-
-def logprobs_pallas(
-    h: jax.Array,
-    w: jax.Array,
-    t: jax.Array,
-    *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    block_n: int | None = None,
-    block_v: int | None = None,
-    interpret: bool | None = None,
-):
-    """Pallas log-probs of flattened tokens.
-
-    Args:
-      h: ``[N, D]`` hidden states; w: ``[D, V]`` LM head (same dtype); t: ``[N]`` int32.
-      temperature: static ``T > 0``.
-      with_entropy: also return the entropy.
-      block_n: token block, a multiple of 8 (``None``: ``default_blocks``).
-      block_v: vocabulary block, a multiple of 128 (``None``: ``default_blocks``).
-      interpret: force interpret mode on/off; ``None`` chooses by lowering platform.
-
-    Returns:
-      ``logps [N]`` float32, or ``(logps, entropy)``.
-    """
-    bn, bv = default_blocks(h.shape[1], jnp.dtype(h.dtype).itemsize)
-    block_n = bn if block_n is None else block_n
-    block_v = bv if block_v is None else block_v
+def check_blocks(block_n: int, block_v: int) -> None:
+    """Block shapes must satisfy the TPU (8, 128) tiling."""
     if not isinstance(block_n, int) or block_n < 8 or block_n % 8:
         raise ValueError(
             f"block_n must be a positive multiple of 8 (TPU sublanes), got {block_n!r}."
@@ -345,4 +279,32 @@ def logprobs_pallas(
         raise ValueError(
             f"block_v must be a positive multiple of 128 (TPU lanes), got {block_v!r}."
         )
-    return _logprobs(h, w, t, float(temperature), bool(with_entropy), block_n, block_v, interpret)
+
+
+def forward_stats(h, w, t, *, inv_t, with_entropy, block_n, block_v, interpret=None):
+    """``(lse [N], target logit [N] (0 when t is outside [0, V)), E_p[z] [N] or None)``."""
+    check_blocks(block_n, block_v)
+    fwd = functools.partial(
+        _forward, inv_t=inv_t, with_entropy=with_entropy, block_n=block_n, block_v=block_v
+    )
+    outs = _on_platform(fwd, interpret, h, w, t.astype(jnp.int32)[:, None])
+    lse, tgt = outs[0][:, 0], outs[1][:, 0]
+    return lse, tgt, (outs[2][:, 0] if with_entropy else None)
+
+
+def backward(
+    h, w, t, lse, mean_z, g, g_ent, *, inv_t, block_n, block_v, dh_dtype, dw_dtype, interpret=None
+):
+    """``(d hidden [N, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
+    check_blocks(block_n, block_v)
+    col = lambda x: None if x is None else x.astype(jnp.float32)[:, None]  # [N] -> [N, 1]
+    bwd = functools.partial(
+        _backward,
+        inv_t=inv_t,
+        block_n=block_n,
+        block_v=block_v,
+        dh_dtype=dh_dtype,
+        dw_dtype=dw_dtype,
+    )
+    args = (h, w, t.astype(jnp.int32)[:, None], col(lse), col(g), col(mean_z), col(g_ent))
+    return _on_platform(bwd, interpret, *args)

@@ -6,8 +6,8 @@ rescaled sum ``s``), pick the target logit, and (for the entropy) accumulate
 ``a = sum_v exp(z_v - m) z_v``, rescaled like ``s``. Then ``lse = m + log s``,
 ``logp = z_t - lse`` and ``H = lse - a / s``.
 
-Backward (``custom_vjp``; residuals: hidden, W, targets, lse and, with the
-entropy, ``E_p[z] = a / s``): with ``p = exp(z - lse)`` and cotangents ``g``
+Backward (the ``custom_vjp`` of ``_fused``; residuals: hidden, W, targets, lse
+and, with the entropy, ``E_p[z] = a / s``): with ``p = exp(z - lse)`` and cotangents ``g``
 (log-probs) and ``g_H`` (entropy), the logit gradient is::
 
     dz_v = g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])
@@ -23,13 +23,11 @@ in float32.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["default_block_v", "logprobs_xla"]
+__all__ = ["backward", "default_block_v", "forward_stats"]
 
 # Bytes of one [N, block_v] float32 temporary the default block aims at.
 _BLOCK_BYTES = 16 * 2**20
@@ -81,8 +79,8 @@ def _forward_stats(h, w, t, inv_t, block_v, with_entropy):
     return lse, tgt, mean_z
 
 
-def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v):
-    """``(d hidden [N, D] in h.dtype, dW [D, V] in w.dtype)`` block by block."""
+def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v, dh_dtype, dw_dtype):
+    """``(d hidden [N, D], dW [D, V])`` block by block."""
     vocab = w.shape[1]
     num_full, tail = divmod(vocab, block_v)
 
@@ -105,65 +103,25 @@ def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v):
         dw_blk = lax.dot_general(
             h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
         )
-        dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(w.dtype), start, axis=1)
+        dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw_dtype), start, axis=1)
         return dh, dw
 
-    carry = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, w.dtype))
+    carry = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, dw_dtype))
     if num_full:
         carry = lax.fori_loop(0, num_full, lambda i, c: step(i * block_v, block_v, c), carry)
     if tail:
         carry = step(num_full * block_v, tail, carry)
     dh, dw = carry
-    return dh.astype(h.dtype), dw
+    return dh.astype(dh_dtype), dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _logprobs(h, w, t, temperature, with_entropy, block_v):
-    out, _ = _logprobs_fwd(h, w, t, temperature, with_entropy, block_v)
-    return out
+def forward_stats(h, w, t, *, inv_t, with_entropy, block_v):
+    """``(lse [N], target logit [N] (0 when t is outside [0, V)), E_p[z] [N] or None)``."""
+    block_v = min(block_v, w.shape[1])
+    return _forward_stats(h, w, t, inv_t, block_v, with_entropy)
 
 
-def _logprobs_fwd(h, w, t, temperature, with_entropy, block_v):
-    lse, tgt, mean_z = _forward_stats(h, w, t, 1.0 / temperature, block_v, with_entropy)
-    logps = tgt - lse
-    out = (logps, lse - mean_z) if with_entropy else logps
-    return out, (h, w, t, lse, mean_z)
-
-
-def _logprobs_bwd(temperature, with_entropy, block_v, res, cts):
-    h, w, t, lse, mean_z = res
-    g, g_ent = cts if with_entropy else (cts, None)
-    dh, dw = _backward(h, w, t, lse, mean_z, g, g_ent, 1.0 / temperature, block_v)
-    return dh, dw, None
-
-
-_logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
-
-
-def logprobs_xla(
-    h: jax.Array,
-    w: jax.Array,
-    t: jax.Array,
-    *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    block_v: int | None = None,
-):
-    """Blockwise log-probs of flattened tokens.
-
-    Args:
-      h: ``[N, D]`` hidden states; w: ``[D, V]`` LM head (same dtype); t: ``[N]`` int32.
-      temperature: static ``T > 0``.
-      with_entropy: also return the entropy.
-      block_v: vocabulary block (any positive int; ``None``: ``default_block_v``).
-
-    Returns:
-      ``logps [N]`` float32, or ``(logps, entropy)``.
-    """
-    vocab = w.shape[1]
-    if block_v is None:
-        block_v = default_block_v(h.shape[0], vocab)
-    if not isinstance(block_v, int) or block_v < 1:
-        raise ValueError(f"block_v must be a positive int, got {block_v!r}.")
-    block_v = min(block_v, vocab)
-    return _logprobs(h, w, t, float(temperature), bool(with_entropy), block_v)
+def backward(h, w, t, lse, mean_z, g, g_ent, *, inv_t, block_v, dh_dtype, dw_dtype):
+    """``(d hidden [N, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
+    block_v = min(block_v, w.shape[1])
+    return _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v, dh_dtype, dw_dtype)

@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from giftjax.kernels import _dispatch, _logprobs_pallas, _logprobs_xla
+from giftjax.kernels import _dispatch, _fused
 
 __all__ = ["check_logprobs_inputs", "token_logprobs", "token_logprobs_reference"]
 
@@ -137,28 +137,22 @@ def token_logprobs(
     batch_shape = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
     t = targets.reshape(-1).astype(jnp.int32)  # [N]
-    if impl == "xla":
-        out = _logprobs_xla.logprobs_xla(
-            h,
-            lm_head,
-            t,
-            temperature=float(temperature),
-            with_entropy=with_entropy,
-            block_v=block_v,
-        )
-    else:
-        out = _logprobs_pallas.logprobs_pallas(
-            h,
-            lm_head,
-            t,
-            temperature=float(temperature),
-            with_entropy=with_entropy,
-            block_v=block_v,
-            block_n=block_n,
-        )
+    cfg = _fused.make_config(
+        impl,
+        num_tokens=h.shape[0],
+        dim=h.shape[1],
+        vocab=lm_head.shape[1],
+        itemsize=jnp.dtype(h.dtype).itemsize,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        block_n=block_n,
+        block_v=block_v,
+    )
+    out = _fused.fused_logprobs(cfg, h, lm_head, t)
     if with_entropy:
         return out[0].reshape(batch_shape), out[1].reshape(batch_shape)
     return out.reshape(batch_shape)
 
 
-_IMPLS = {"reference": None, "xla": None, "pallas": None}
+# Names resolve_impl accepts; "auto" picks "pallas" on TPU and "xla" elsewhere.
+_IMPLS = ("reference", "xla", "pallas")
