@@ -36,6 +36,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from giftjax.kernels._matmul import dot_f32
+
 __all__ = ["backward", "check_blocks", "default_blocks", "forward_stats"]
 
 # VMEM the default blocks aim to stay under (the default scoped limit is 16 MiB on v5e).
@@ -58,7 +60,7 @@ def _col_ids(shape, j, block_v):
 
 
 def _logits(h, w, inv_t):
-    z = lax.dot_general(h, w, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    z = dot_f32(h, w, (1, 0))
     return z * inv_t if inv_t != 1.0 else z
 
 
@@ -162,7 +164,7 @@ def _dh_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, *refs, inv_t, vocab, block_v
     dz = _dz(z, cols, t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
     dz = jnp.where(cols < vocab, dz, 0.0).astype(w.dtype)
     # [bn, bv] x [D, bv] -> [bn, D]
-    acc[...] += lax.dot_general(dz, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    acc[...] += dot_f32(dz, w, (1, 1))
 
     @pl.when(j == pl.num_programs(1) - 1)
     def _finish():
@@ -192,7 +194,7 @@ def _dw_kernel(
     rows = i * block_n + lax.broadcasted_iota(jnp.int32, dz.shape, 0)
     dz = jnp.where(rows < num_tokens, dz, 0.0).astype(h.dtype)
     # [bn, D] x [bn, bv] -> [D, bv]
-    acc[...] += lax.dot_general(h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    acc[...] += dot_f32(h, dz, (0, 0))
 
     @pl.when(i == pl.num_programs(1) - 1)
     def _finish():

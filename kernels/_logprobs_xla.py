@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from giftjax.kernels._matmul import dot_f32
+
 __all__ = ["backward", "default_block_v", "forward_stats"]
 
 # Bytes of one [N, block_v] float32 temporary the default block aims at.
@@ -42,7 +44,7 @@ def default_block_v(num_tokens: int, vocab: int) -> int:
 
 def _logits(h: jax.Array, w_blk: jax.Array, inv_t: float) -> jax.Array:
     """``[N, D] @ [D, Vb] -> [N, Vb]`` float32, scaled by ``1 / T``."""
-    z = lax.dot_general(h, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    z = dot_f32(h, w_blk, (1, 0))
     return z * inv_t if inv_t != 1.0 else z
 
 
@@ -96,13 +98,9 @@ def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v, dh_dtype, dw_dtype
             dz = dz - g_ent[:, None] * p * (z - mean_z[:, None])
         dz = (dz * inv_t).astype(h.dtype)  # chain rule through z = (h @ W) / T
         # [N, Vb] x [D, Vb] -> [N, D]; contracts Vb without transposing W_blk in HBM.
-        dh = dh + lax.dot_general(
-            dz, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
-        )
+        dh = dh + dot_f32(dz, w_blk, (1, 1))
         # [N, D] x [N, Vb] -> [D, Vb]: the whole column block of dW, final after this step.
-        dw_blk = lax.dot_general(
-            h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-        )
+        dw_blk = dot_f32(h, dz, (0, 0))
         dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw_dtype), start, axis=1)
         return dh, dw
 
