@@ -11,6 +11,7 @@ Skipped when libtpu is not installed (``pip install libtpu``; CI installs it).
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,11 @@ pytestmark = [
 ]
 
 TOPOLOGIES = ["v5e:2x2", "v5p:2x2x1"]
+
+# libtpu takes a machine-wide lock file (/tmp/libtpu_lockfile) when it loads; an AOT compile
+# needs no exclusive access to a TPU, so let several processes (xdist workers, other
+# checkouts) load it at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def tpu_mesh(topology: str) -> Mesh:
@@ -113,3 +119,31 @@ def test_token_logprobs_pallas_single_chip_memory(topology):
     )
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < n * d * 4, f"temp {temp} bytes >= the f32 [N, D] floor {n * d * 4}"
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize(("num_groups", "group_size"), [(4096, 8), (1030, 16)])
+def test_group_normalize_pallas_compiles(topology, num_groups, group_size):
+    """Forward and full-gradient backward, in shard_map over the data axis (groups split)."""
+    mesh = tpu_mesh(topology)
+
+    def local(x):
+        z, mean, std = kernels.group_normalize(
+            x, group_size=group_size, stop_grad_stats=False, std_floor=0.1, impl="pallas"
+        )
+        return jnp.sum(z * z) + jnp.sum(mean) + jnp.sum(std)
+
+    def fwd_bwd(x):
+        per_shard = jax.shard_map(
+            lambda x: jax.grad(local)(x),
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs=P("data"),
+            check_vma=False,
+        )
+        return per_shard(x)
+
+    b = 2 * num_groups * group_size  # two data shards, num_groups groups each
+    compiled = compile_for(mesh, fwd_bwd, ((b,), jnp.float32, P("data")))
+    hlo = compiled.as_text()
+    assert hlo.count("tpu_custom_call") >= 2, "expected the forward and backward Mosaic kernels"
