@@ -40,18 +40,45 @@ from giftjax.kernels._matmul import dot_f32
 
 __all__ = ["backward", "check_blocks", "default_blocks", "forward_stats"]
 
-# VMEM the default blocks aim to stay under (the default scoped limit is 16 MiB on v5e).
+# VMEM the default blocks aim to stay under: the default scoped VMEM limit is 16 MiB
+# (v4, v5e); the compiler also needs some for itself.
 _VMEM_BUDGET = 12 * 2**20
+# Largest scoped VMEM limit requested when even the smallest blocks need more
+# (v5e, v5p and v6e have 95-128 MiB of VMEM per core).
+_VMEM_MAX = 48 * 2**20
+
+
+def vmem_bytes(block_n: int, block_v: int, dim: int, itemsize: int, out_itemsize: int = 4) -> int:
+    """Estimated VMEM of the most demanding of the three kernels at these blocks.
+
+    Inputs and outputs are double-buffered by the Pallas pipeline; scratch and
+    ``[bn, bv]`` float32 temporaries (logits, probabilities, dz: about four) are single.
+    """
+    h_tile = block_n * dim * itemsize
+    w_tile = dim * block_v * itemsize
+    tmp = 4 * block_n * block_v * 4
+    fwd = 2 * h_tile + 2 * w_tile + tmp
+    dh = 2 * h_tile + 3 * w_tile + 2 * block_n * dim * out_itemsize + block_n * dim * 4 + tmp
+    dw = 3 * h_tile + 2 * w_tile + 2 * dim * block_v * out_itemsize + dim * block_v * 4 + tmp
+    return max(fwd, dh, dw)
 
 
 def default_blocks(dim: int, itemsize: int) -> tuple[int, int]:
-    """``(block_n, block_v)`` keeping the double-buffered W and dW tiles in VMEM."""
-    block_v = 512
-    # W tile [D, bv] (x2 buffers) + dW tile (x2) + float32 dW accumulator [D, bv].
-    while block_v > 128 and dim * block_v * (4 * itemsize + 4) > _VMEM_BUDGET:
-        block_v //= 2
-    block_n = 256 if dim * 256 * (2 * itemsize + 4 + 2 * itemsize) <= _VMEM_BUDGET // 2 else 128
-    return block_n, block_v
+    """The largest MXU-friendly ``(block_n, block_v)`` within ``_VMEM_BUDGET``.
+
+    Falls back to (128, 128) with a raised VMEM limit (``_compiler_params``) for very
+    wide models rather than to blocks too thin for the MXU.
+    """
+    for bn, bv in ((256, 512), (128, 512), (256, 256), (128, 256), (128, 128)):
+        if vmem_bytes(bn, bv, dim, itemsize) <= _VMEM_BUDGET:
+            return bn, bv
+    return 128, 128
+
+
+def _compiler_params(block_n, block_v, dim, itemsize, semantics):
+    need = vmem_bytes(block_n, block_v, dim, itemsize)
+    limit = None if need <= _VMEM_BUDGET else min(_VMEM_MAX, need + need // 4)
+    return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
 
 
 def _col_ids(shape, j, block_v):
@@ -126,7 +153,9 @@ def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
         ],
         out_specs=[row] * n_out,
         scratch_shapes=[pltpu.VMEM((block_n, 1), jnp.float32)] * (4 if with_entropy else 3),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        compiler_params=_compiler_params(
+            block_n, block_v, d, h.dtype.itemsize, ("parallel", "arbitrary")
+        ),
         interpret=interpret,
         name="token_logprobs_fwd",
     )(h, w, t2)
@@ -208,7 +237,7 @@ def _backward(
     vocab = w.shape[1]
     with_entropy = g_ent is not None
     rows_in = [t2, lse, g] + ([mean_z, g_ent] if with_entropy else [])
-    params = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+    params = _compiler_params(block_n, block_v, d, h.dtype.itemsize, ("parallel", "arbitrary"))
 
     # d hidden: grid (token block i, vocab block j).
     row = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
