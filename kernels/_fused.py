@@ -43,14 +43,20 @@ def make_config(
     dim: int,
     vocab: int,
     itemsize: int,
+    grad_itemsize: int | None = None,
     temperature: float,
     with_entropy: bool,
     block_n: int | None,
     block_v: int | None,
 ) -> FusedConfig:
-    """Fill in default blocks for ``impl`` and check explicit ones."""
+    """Fill in default blocks for ``impl`` and check explicit ones.
+
+    ``grad_itemsize``: bytes per element of the gradients the backward kernels write
+    (the input dtype's by default; float32 in the sharded path).
+    """
     if impl == "pallas":
-        bn, bv = _logprobs_pallas.default_blocks(dim, itemsize)
+        grad_itemsize = itemsize if grad_itemsize is None else grad_itemsize
+        bn, bv = _logprobs_pallas.default_blocks(dim, itemsize, grad_itemsize)
         block_n = bn if block_n is None else block_n
         block_v = bv if block_v is None else block_v
         _logprobs_pallas.check_blocks(block_n, block_v)

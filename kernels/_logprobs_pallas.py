@@ -40,15 +40,16 @@ from giftjax.kernels._matmul import dot_f32
 
 __all__ = ["backward", "check_blocks", "default_blocks", "forward_stats"]
 
-# VMEM the default blocks aim to stay under: the default scoped VMEM limit is 16 MiB
-# (v4, v5e); the compiler also needs some for itself.
-_VMEM_BUDGET = 12 * 2**20
-# Largest scoped VMEM limit requested when even the smallest blocks need more
-# (v5e, v5p and v6e have 95-128 MiB of VMEM per core).
-_VMEM_MAX = 48 * 2**20
+# VMEM the default blocks aim to stay under: v4 has 16 MiB of VMEM per core, and the
+# default scoped limit is 16 MiB on v5e as well; the compiler keeps about 2 MiB more
+# than ``vmem_bytes`` estimates (measured on v4 AOT compiles).
+# Larger explicit blocks (v5e/v5p/v6e have 95-128 MiB) request a raised limit, up to
+# ``_VMEM_MAX`` (``_compiler_params``).
+_VMEM_BUDGET = 14 * 2**20
+_VMEM_MAX = 64 * 2**20
 
 
-def vmem_bytes(block_n: int, block_v: int, dim: int, itemsize: int, out_itemsize: int = 4) -> int:
+def vmem_bytes(block_n: int, block_v: int, dim: int, itemsize: int, out_itemsize: int) -> int:
     """Estimated VMEM of the most demanding of the three kernels at these blocks.
 
     Inputs and outputs are double-buffered by the Pallas pipeline; scratch and
@@ -63,20 +64,20 @@ def vmem_bytes(block_n: int, block_v: int, dim: int, itemsize: int, out_itemsize
     return max(fwd, dh, dw)
 
 
-def default_blocks(dim: int, itemsize: int) -> tuple[int, int]:
+def default_blocks(dim: int, itemsize: int, out_itemsize: int) -> tuple[int, int]:
     """The largest MXU-friendly ``(block_n, block_v)`` within ``_VMEM_BUDGET``.
 
     Falls back to (128, 128) with a raised VMEM limit (``_compiler_params``) for very
-    wide models rather than to blocks too thin for the MXU.
+    wide models (D >= 8192) rather than to blocks too thin for the MXU.
     """
-    for bn, bv in ((256, 512), (128, 512), (256, 256), (128, 256), (128, 128)):
-        if vmem_bytes(bn, bv, dim, itemsize) <= _VMEM_BUDGET:
+    for bn, bv in ((256, 512), (256, 256), (128, 512), (128, 256), (128, 128)):
+        if vmem_bytes(bn, bv, dim, itemsize, out_itemsize) <= _VMEM_BUDGET:
             return bn, bv
     return 128, 128
 
 
-def _compiler_params(block_n, block_v, dim, itemsize, semantics):
-    need = vmem_bytes(block_n, block_v, dim, itemsize)
+def _compiler_params(block_n, block_v, dim, itemsize, out_itemsize, semantics):
+    need = vmem_bytes(block_n, block_v, dim, itemsize, out_itemsize)
     limit = None if need <= _VMEM_BUDGET else min(_VMEM_MAX, need + need // 4)
     return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
 
@@ -154,7 +155,7 @@ def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
         out_specs=[row] * n_out,
         scratch_shapes=[pltpu.VMEM((block_n, 1), jnp.float32)] * (4 if with_entropy else 3),
         compiler_params=_compiler_params(
-            block_n, block_v, d, h.dtype.itemsize, ("parallel", "arbitrary")
+            block_n, block_v, d, h.dtype.itemsize, 4, ("parallel", "arbitrary")
         ),
         interpret=interpret,
         name="token_logprobs_fwd",
@@ -237,7 +238,10 @@ def _backward(
     vocab = w.shape[1]
     with_entropy = g_ent is not None
     rows_in = [t2, lse, g] + ([mean_z, g_ent] if with_entropy else [])
-    params = _compiler_params(block_n, block_v, d, h.dtype.itemsize, ("parallel", "arbitrary"))
+    out_itemsize = max(jnp.dtype(dh_dtype).itemsize, jnp.dtype(dw_dtype).itemsize)
+    params = _compiler_params(
+        block_n, block_v, d, h.dtype.itemsize, out_itemsize, ("parallel", "arbitrary")
+    )
 
     # d hidden: grid (token block i, vocab block j).
     row = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))

@@ -171,6 +171,7 @@ def token_logprobs_sharded(
         dim=h.shape[1],
         vocab=vocab // n_voc,
         itemsize=jnp.dtype(h.dtype).itemsize,
+        grad_itemsize=4,  # the backward writes float32 partials, summed across shards
         temperature=temperature,
         with_entropy=with_entropy,
         block_n=block_n,
