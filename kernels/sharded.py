@@ -136,7 +136,7 @@ def token_logprobs_sharded(
     """
     check_logprobs_inputs(hidden, lm_head, targets, temperature)
     impl = _dispatch.resolve_impl(
-        impl, available=("xla", "pallas"), kernel="token_logprobs_sharded"
+        impl, available=dict.fromkeys(("xla", "pallas")), kernel="token_logprobs_sharded"
     )
     names = tuple(mesh.axis_names)
     if vocab_axis not in names:

@@ -155,4 +155,4 @@ def token_logprobs(
 
 
 # Names resolve_impl accepts; "auto" picks "pallas" on TPU and "xla" elsewhere.
-_IMPLS = ("reference", "xla", "pallas")
+_IMPLS = dict.fromkeys(("reference", "xla", "pallas"))
