@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
+from hf_models import CASES, hf_logits, make_hf_model, padded_batch
 
 from giftjax.models import load_hf, save_hf
-from tests.hf_models import CASES, hf_logits, make_hf_model, padded_batch
 
 ATOL = 1e-4
 

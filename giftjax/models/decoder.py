@@ -204,7 +204,11 @@ class Decoder(nnx.Module):
             return x, (ck, cv), i + 1
 
         scan = nnx.scan(
-            body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYERS
+            body,
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata=_LAYERS,
+            graph=False,
         )
         x, kv, _ = scan((x, kv, jnp.zeros((), jnp.int32)), self.layers)
         return x, kv
