@@ -218,3 +218,19 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
         )
 
     return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def shard_by_names(tree: Any, names: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Places each array of `tree` by the logical names at the same place in `names`.
+
+    `names` mirrors `tree` with a tuple of logical names per array (e.g.
+    `giftjax.models.kv_cache.CACHE_AXES` for a KVCache).
+    """
+    is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, str | None) for n in x)
+    shardings = jax.tree.map(
+        lambda n, x: named_sharding(n, x.shape, mesh, rules, what=f"array with axes {n}"),
+        names,
+        tree,
+        is_leaf=is_names,
+    )
+    return jax.device_put(tree, shardings)
