@@ -116,3 +116,26 @@ def test_load_hf_places_each_tensor_in_its_sharding(rules, tmp_path):
     got = np.asarray(_forward(model, *batch))
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], expected[real], atol=ATOL)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_fsdp_forward_gathers_weights_not_activations(constrained):
+    """With activation constraints the FSDP forward only all-gathers weights; without them
+    GSPMD resolves the rows-vs-embed conflict by all-reducing full-batch activations."""
+    cfg = get_preset("tiny", vocab_size=256, hidden_size=128, intermediate_size=256)
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    mesh = sharding.make_mesh((1, 8, 1))
+    if constrained:
+        abstract.set_sharding(mesh, "fsdp")
+    graphdef, state = nnx.split(abstract)
+    shardings = sharding.param_shardings(state, mesh, "fsdp")
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
+    tokens = jax.ShapeDtypeStruct(
+        (16, 32), jnp.int32, sharding=sharding.batch_sharding(2, mesh, "fsdp")
+    )
+    forward = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))
+    hlo = forward.lower(state, tokens).compile().as_text()
+    assert "all-gather(" in hlo
+    assert ("all-reduce(" in hlo) != constrained

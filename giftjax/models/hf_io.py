@@ -215,7 +215,10 @@ def load_hf(
             )
         tensor = _Tensor(reader, name, per_layer, to_ours, value.shape, value.dtype)
         out.append((path_key, var.replace(tensor.place(sharding))))
-    return nnx.merge(graphdef, nnx.from_flat_state(out))
+    model = nnx.merge(graphdef, nnx.from_flat_state(out))
+    if mesh is not None:
+        model.set_sharding(mesh, rules)
+    return model
 
 
 class _Tensor:
