@@ -11,7 +11,7 @@ import transformers
 from hf_models import CASES, hf_logits, make_hf_model, padded_batch
 from safetensors import safe_open
 
-from giftjax.models import from_hf_dict, load_hf, save_hf
+from giftjax.models import from_hf_dict, load_hf, load_tokenizer, save_hf
 
 ATOL = 1e-4
 
@@ -165,3 +165,24 @@ def test_missing_files_are_reported(tmp_path):
     (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "hf" / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="only safetensors"):
         load_hf(tmp_path / "hf")
+
+
+def test_tokenizer_travels_with_the_checkpoint(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(20)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    make_hf_model("qwen2_gqa4_tied").save_pretrained(tmp_path / "hf")
+    model = load_hf(tmp_path / "hf", dtype=jnp.float32)
+    save_hf(model, tmp_path / "out", tokenizer=fast)
+    written = json.loads((tmp_path / "out" / "tokenizer.json").read_text())
+    assert written["model"]["vocab"] == vocab
+    # transformers picks the tokenizer class from config.json's model_type when it has one (a
+    # Qwen2 folder gets Qwen2Tokenizer), so read this toy word-level tokenizer from its own folder.
+    fast.save_pretrained(tmp_path / "tok")
+    back = load_tokenizer(tmp_path / "tok")
+    assert back("w3 w7 w1")["input_ids"] == [6, 10, 4]
+    assert back.eos_token_id == 2

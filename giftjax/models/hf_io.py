@@ -279,6 +279,7 @@ def save_hf(
     *,
     dtype: Any = None,
     max_shard_size: int = 5 * 2**30,
+    tokenizer: Any = None,
 ) -> None:
     """Writes `model` as a Hugging Face checkpoint that transformers' `from_pretrained` loads.
 
@@ -287,6 +288,8 @@ def save_hf(
       path: output folder (created).
       dtype: dtype of the written tensors (default: the parameter dtype).
       max_shard_size: bytes per safetensors file; more writes shards and an index json.
+      tokenizer: optional transformers tokenizer saved beside the weights (so the folder is
+        complete for transformers or vLLM).
 
     Multi-host note: parameters are fetched with `jax.device_get`, which needs them fully
     addressable (single host, or gather them first).
@@ -306,6 +309,8 @@ def save_hf(
                 tensors[name.format(i=i)] = np.ascontiguousarray(to_hf(value[i]).astype(out_dtype))
         else:
             tensors[name] = np.ascontiguousarray(to_hf(value).astype(out_dtype))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(to_hf_dict(config, torch_dtype=out_dtype.name), f, indent=2)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -331,3 +336,10 @@ def save_hf(
     }
     with open(os.path.join(path, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a local checkpoint folder (`transformers.AutoTokenizer`)."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(os.fspath(path))

@@ -21,6 +21,8 @@ qwen3-8b            8,190,735,360
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from giftjax.models.config import ModelConfig
@@ -144,3 +146,14 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets are {sorted(PRESETS)}.")
     return PRESETS[name].replace(**overrides)
+
+
+def from_config_dict(fields: Mapping[str, Any]) -> ModelConfig:
+    """A ModelConfig from a mapping of its fields (e.g. the `model` section of
+    configs/models.py, a ConfigDict); unknown keys are an error naming them."""
+    fields = dict(fields.items())
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}.")
+    return ModelConfig(**fields)
