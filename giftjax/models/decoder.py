@@ -215,26 +215,18 @@ class Decoder(nnx.Module):
         policy = self.config.remat
         constrain = self._constrain if self.activation_sharding is not None else no_constraint
 
-        def layer(block, x, layer_kv):
-            return block(x, cos, sin, attn_mask, layer_kv, index, constrain)
+        def layer(block, x, kv, i):
+            return block(x, cos, sin, attn_mask, kv, index, constrain, i)
 
         if policy != "none":
             layer = nnx.remat(layer, policy=_REMAT_POLICIES[policy], prevent_cse=False)
 
         def body(carry, block):
             x, kv, i = carry
-            if kv is None:
-                x, _ = layer(block, x, None)
-                return x, None, i + 1
-            ck, cv = kv
-            layer_kv = (
-                jax.lax.dynamic_index_in_dim(ck, i, keepdims=False),  # [B, S, K, H]
-                jax.lax.dynamic_index_in_dim(cv, i, keepdims=False),
-            )
-            x, (lk, lv) = layer(block, x, layer_kv)
-            ck = constrain(jax.lax.dynamic_update_index_in_dim(ck, lk, i, 0), kv_cache.CACHE_AXES.k)
-            cv = constrain(jax.lax.dynamic_update_index_in_dim(cv, lv, i, 0), kv_cache.CACHE_AXES.v)
-            return x, (ck, cv), i + 1
+            x, kv = layer(block, x, kv, i)
+            if kv is not None:
+                kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
+            return x, kv, i + 1
 
         scan = nnx.scan(
             body,
