@@ -120,3 +120,5 @@ def test_config_errors_name_the_value():
     model = Decoder(get_preset("tiny"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"tokens must be \[B, T\]"):
         model(jnp.zeros((4,), jnp.int32))
+    with pytest.raises(ValueError, match="integer ids; received dtype float32"):
+        model(jnp.zeros((1, 4), jnp.float32))

@@ -158,6 +158,8 @@ class Decoder(nnx.Module):
         c = self.config
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T]; received shape {tokens.shape}.")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integer ids; received dtype {tokens.dtype}.")
         b, t = tokens.shape
         if attention_mask is None:
             mask = jnp.ones((b, t), bool)
