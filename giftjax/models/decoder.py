@@ -30,6 +30,9 @@ D width, L layers, K kv heads, H head dim)::
 - Returns: without cache, logits [B, T, V] float32 (or hidden [B, T, D] in the compute dtype
   with `return_hidden=True`); with cache, `(logits or hidden, new_cache)`.
 - Logits at padding positions are finite but meaningless (a padding query attends nothing real).
+- The cache must have room: `cache.index + T <= S`. Writes use `lax.dynamic_update_slice`,
+  which clamps an out-of-range start instead of failing, so an overfull cache silently
+  overwrites its last slots (the index is traced, so this cannot be checked at trace time).
 
 The model is an NNX module: `nnx.split(model)` gives (graphdef, state) for `jax.jit`; the
 config is static. Layers are created with `nnx.vmap` (every layer parameter has a leading L
@@ -60,8 +63,11 @@ _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
+    # save matmul outputs (no recompute of any dot; most memory):
     "dots": jax.checkpoint_policies.dots_saveable,
+    # save matmuls without batch dims, i.e. the projections, not attention scores:
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # save only the q/k/v projections (named with checkpoint_name in layers.Attention):
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("qkv_proj"),
 }
 

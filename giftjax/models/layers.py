@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from giftjax.models.config import ModelConfig
 
@@ -183,6 +184,8 @@ class Attention(nnx.Module):
         q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...].astype(dt))  # [B, T, N, H]
         k = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...].astype(dt))  # [B, T, K, H]
         v = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...].astype(dt))  # [B, T, K, H]
+        # Named so that remat="save_qkv_proj" keeps these projections for the backward pass.
+        q, k, v = (checkpoint_name(a, "qkv_proj") for a in (q, k, v))
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
