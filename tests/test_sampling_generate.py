@@ -114,7 +114,13 @@ def full_forward_logps(model, ids, mask, out, temperature):
 
 
 @pytest.mark.parametrize(
-    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 5, 0.9), (0.0, 0, 1.0)]
+    "temperature,top_k,top_p",
+    [
+        (1.0, 0, 1.0),
+        (0.7, 0, 1.0),
+        pytest.param(0.7, 5, 0.9, marks=pytest.mark.slow),
+        pytest.param(0.0, 0, 1.0, marks=pytest.mark.slow),
+    ],
 )
 def test_logps_match_full_forward(model, temperature, top_k, top_p):
     ids, mask = prompts()
@@ -152,6 +158,7 @@ def test_eos_masking_and_padding(model):
     assert m[0].sum() <= 3
 
 
+@pytest.mark.slow
 def test_all_rows_stop_early(model):
     """When every row has ended, the remaining columns are padding with mask 0."""
     ids, mask = prompts()
@@ -194,6 +201,7 @@ def test_deterministic_and_samples_independent(model):
         assert len({tuple(r) for r in group}) == 4, group
 
 
+@pytest.mark.slow
 def test_compiled_once_per_bucket(model):
     """Prompts of different lengths padded to one bucket: one compile, same greedy tokens."""
     kw = dict(max_new_tokens=N_NEW, temperature=0.0, pad_id=PAD)
