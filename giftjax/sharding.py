@@ -192,10 +192,16 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
 
 
 def shard_params(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
-    """Places every Variable of `model` on `mesh` by its logical names (in place); returns it."""
+    """Places every Variable of `model` on `mesh` by its logical names (in place); returns it.
+
+    A model with a `set_sharding(mesh, rules)` method (the Decoder) also gets its activation
+    constraints set.
+    """
     state = nnx.state(model)
     shardings = param_shardings(state, mesh, rules)
     nnx.update(model, jax.device_put(state, shardings))
+    if hasattr(model, "set_sharding"):
+        model.set_sharding(mesh, rules)
     return model
 
 
@@ -218,3 +224,34 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
         )
 
     return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def shard_by_names(tree: Any, names: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Places each array of `tree` by the logical names at the same place in `names`.
+
+    `names` mirrors `tree` with a tuple of logical names per array (e.g.
+    `giftjax.models.kv_cache.CACHE_AXES` for a KVCache).
+    """
+    is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, str | None) for n in x)
+    shardings = jax.tree.map(
+        lambda n, x: named_sharding(n, x.shape, mesh, rules, what=f"array with axes {n}"),
+        names,
+        tree,
+        is_leaf=is_names,
+    )
+    return jax.device_put(tree, shardings)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh, rules: Rules) -> jax.Array:
+    """`with_sharding_constraint` of an activation by logical names, inside jit.
+
+    Mesh axes that do not divide their dimension (a batch of 3 rows on 8 devices) are dropped
+    for that dimension rather than raising: activation constraints are hints, while parameter
+    placement (`named_sharding`) is strict.
+    """
+    spec = []
+    for size, axes in zip(x.shape, logical_to_spec(names, rules), strict=True):
+        tup = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        ok = tup and size % math.prod(mesh.shape[a] for a in tup) == 0
+        spec.append(axes if ok else None)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))

@@ -2,7 +2,7 @@
 
 from giftjax.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from giftjax.models.decoder import Decoder
-from giftjax.models.hf_io import load_hf, save_hf
+from giftjax.models.hf_io import load_hf, load_tokenizer, save_hf
 from giftjax.models.kv_cache import KVCache, init_cache
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "from_hf_dict",
     "init_cache",
     "load_hf",
+    "load_tokenizer",
     "save_hf",
     "to_hf_dict",
 ]

@@ -43,10 +43,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from giftjax import sharding as sharding_lib
 from giftjax.models import kv_cache
 from giftjax.models.config import ModelConfig
 from giftjax.models.kv_cache import KVCache
-from giftjax.models.layers import Block, RMSNorm, param, rope_cos_sin, rope_inv_freq
+from giftjax.models.layers import (
+    Block,
+    RMSNorm,
+    no_constraint,
+    param,
+    rope_cos_sin,
+    rope_inv_freq,
+)
 
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
@@ -76,10 +84,13 @@ class Decoder(nnx.Module):
       layers: the L stacked Blocks (every parameter has a leading `layers` axis).
       final_norm: RMSNorm [D].
       lm_head: [D, V] output projection, absent when `config.tie_word_embeddings`.
+      activation_sharding: None, or (mesh, rules) set by `set_sharding`: activations are then
+        constrained by logical names (batch, length, heads, kv_heads, mlp, vocab) inside jit.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
+        self.activation_sharding = None
         pd = jnp.dtype(config.param_dtype)
         d, v = config.hidden_size, config.vocab_size
         self.embed = param(rngs, (v, d), ("vocab", "embed"), pd)
@@ -93,6 +104,25 @@ class Decoder(nnx.Module):
         self.final_norm = RMSNorm(d, config.rms_norm_eps, ("embed",), param_dtype=pd, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = param(rngs, (d, v), ("embed", "vocab"), pd)
+
+    def set_sharding(self, mesh, rules) -> None:
+        """Constrain activations by logical names on `mesh` with `rules` (a rules table or
+        "fsdp"/"fsdp_tp"); None for mesh turns it off.
+
+        Without constraints, GSPMD may resolve the FSDP conflict (rows sharded over fsdp,
+        weights sharded over fsdp along embed) by gathering the *activations* and splitting
+        the contraction; constraining activations to (batch, length) forces the intended
+        all-gather of the weights. `load_hf(mesh=...)` and `sharding.shard_params` call this.
+        """
+        if mesh is None:
+            self.activation_sharding = None
+        else:
+            self.activation_sharding = (mesh, sharding_lib.get_rules(rules))
+
+    def _constrain(self, x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+        if self.activation_sharding is None:
+            return x
+        return sharding_lib.constrain(x, names, *self.activation_sharding)
 
     def lm_head_weight(self) -> jax.Array:
         """The output projection [D, V] in the parameter dtype (embedding.T when tied)."""
@@ -159,6 +189,7 @@ class Decoder(nnx.Module):
 
         dt = jnp.dtype(c.dtype)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [B, T, D]
+        x = self._constrain(x, ("batch", "length", None))
         cos, sin = rope_cos_sin(positions, rope_inv_freq(c))  # [B, T, H] each
         x, kv = self._run_layers(x, cos, sin, attn_mask, kv, index)
         x = self.final_norm(x)
@@ -167,6 +198,7 @@ class Decoder(nnx.Module):
         else:
             w = self.lm_head_weight().astype(dt)
             out = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+            out = self._constrain(out, ("batch", "length", "vocab"))  # [B, T, V]
         if cache is None:
             return out
         new_cache = KVCache(
@@ -181,9 +213,10 @@ class Decoder(nnx.Module):
     def _run_layers(self, x, cos, sin, attn_mask, kv, index):
         """Scans the L stacked layers; kv is None or ([L, B, S, K, H], [L, B, S, K, H])."""
         policy = self.config.remat
+        constrain = self._constrain if self.activation_sharding is not None else no_constraint
 
         def layer(block, x, layer_kv):
-            return block(x, cos, sin, attn_mask, layer_kv, index)
+            return block(x, cos, sin, attn_mask, layer_kv, index, constrain)
 
         if policy != "none":
             layer = nnx.remat(layer, policy=_REMAT_POLICIES[policy], prevent_cse=False)
@@ -199,8 +232,8 @@ class Decoder(nnx.Module):
                 jax.lax.dynamic_index_in_dim(cv, i, keepdims=False),
             )
             x, (lk, lv) = layer(block, x, layer_kv)
-            ck = jax.lax.dynamic_update_index_in_dim(ck, lk, i, 0)
-            cv = jax.lax.dynamic_update_index_in_dim(cv, lv, i, 0)
+            ck = constrain(jax.lax.dynamic_update_index_in_dim(ck, lk, i, 0), kv_cache.CACHE_AXES.k)
+            cv = constrain(jax.lax.dynamic_update_index_in_dim(cv, lv, i, 0), kv_cache.CACHE_AXES.v)
             return x, (ck, cv), i + 1
 
         scan = nnx.scan(

@@ -26,9 +26,10 @@ lm_head.weight [V, D] (untied only)     lm_head                     [D, V]
 ...mlp.gate_proj.bias [F] (up, down)    layers/mlp/gate_bias ...    [L, F] / [L, D]
 ======================================  ==========================  ==================
 
-With a mesh, every parameter is built by `jax.make_array_from_callback`: each device's shard is
-read from the memory-mapped safetensors files, one layer tensor at a time, so no host ever holds
-a full copy of the model (only of one layer's tensor).
+With a mesh, every parameter goes straight into its sharding: each host reads the layer tensors
+from the memory-mapped safetensors files one at a time, keeps only the slices its own devices
+hold, and assembles the global array with `jax.make_array_from_single_device_arrays`; no host
+ever holds a full copy of the model (only its own shards plus one layer tensor).
 """
 
 from __future__ import annotations
@@ -206,30 +207,70 @@ def load_hf(
             raise KeyError(f"no Hugging Face name for parameter {'/'.join(key)}.")
         name, per_layer, to_ours, _ = mapping[key]
         value = var.get_value()
-        pd = value.dtype
-
-        def load(
-            idx=None, name=name, per_layer=per_layer, to_ours=to_ours, pd=pd, shape=value.shape
-        ):
-            idx = idx or tuple(slice(None) for _ in shape)
-            if not per_layer:
-                return np.asarray(to_ours(reader.get(name)), pd)[idx]
-            layers = range(config.num_layers)[idx[0]]
-            parts = [np.asarray(to_ours(reader.get(name.format(i=i))), pd)[idx[1:]] for i in layers]
-            return np.stack(parts)
-
-        if mesh is None:
-            array = jnp.asarray(load())
-        else:
+        sharding = None
+        if mesh is not None:
             names = var.get_metadata().get("out_sharding")
-            sh = sharding_lib.named_sharding(names, value.shape, mesh, rules, what="/".join(key))
-            array = jax.make_array_from_callback(value.shape, sh, load)
-        if array.shape != value.shape:
-            raise ValueError(
-                f"{name}: loaded shape {array.shape} does not match the config's {value.shape}."
+            sharding = sharding_lib.named_sharding(
+                names, value.shape, mesh, rules, what="/".join(key)
             )
-        out.append((path_key, var.replace(array)))
-    return nnx.merge(graphdef, nnx.from_flat_state(out))
+        tensor = _Tensor(reader, name, per_layer, to_ours, value.shape, value.dtype)
+        out.append((path_key, var.replace(tensor.place(sharding))))
+    model = nnx.merge(graphdef, nnx.from_flat_state(out))
+    if mesh is not None:
+        model.set_sharding(mesh, rules)
+    return model
+
+
+class _Tensor:
+    """One giftjax parameter read from the checkpoint (all L layer tensors if per_layer)."""
+
+    def __init__(self, reader, name, per_layer, to_ours, shape, dtype):
+        self.reader, self.name, self.per_layer, self.to_ours = reader, name, per_layer, to_ours
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def read(self, layer: int | None = None) -> np.ndarray:
+        """The tensor (of one layer) in giftjax layout and dtype, shape-checked."""
+        name = self.name if layer is None else self.name.format(i=layer)
+        value = np.asarray(self.to_ours(self.reader.get(name)), self.dtype)
+        want = self.shape[1:] if self.per_layer else self.shape
+        if value.shape != want:
+            raise ValueError(
+                f"checkpoint tensor {name}: shape {value.shape} in giftjax layout; the config "
+                f"expects {want}."
+            )
+        return value
+
+    def place(self, sharding: jax.sharding.NamedSharding | None) -> jax.Array:
+        """The parameter on the default device, or straight into `sharding`.
+
+        With a sharding, each layer tensor is read once per host and only the slices this
+        host's devices hold are kept (replicated shards are sliced once).
+        """
+        if sharding is None:
+            if not self.per_layer:
+                return jnp.asarray(self.read())
+            return jnp.asarray(np.stack([self.read(i) for i in range(self.shape[0])]))
+        device_index = sharding.addressable_devices_indices_map(self.shape)
+        keys = {d: tuple((s.start, s.stop, s.step) for s in idx) for d, idx in device_index.items()}
+        shards = {}
+        for d, idx in device_index.items():
+            if keys[d] not in shards:
+                shape = tuple(len(range(n)[s]) for n, s in zip(self.shape, idx, strict=True))
+                shards[keys[d]] = (idx, np.empty(shape, self.dtype))
+        if self.per_layer:
+            for i in range(self.shape[0]):
+                layer = None
+                for idx, buf in shards.values():
+                    layers = range(self.shape[0])[idx[0]]
+                    if i in layers:
+                        layer = self.read(i) if layer is None else layer
+                        buf[layers.index(i)] = layer[idx[1:]]
+        else:
+            full = self.read()
+            for idx, buf in shards.values():
+                buf[...] = full[idx]
+        arrays = [jax.device_put(shards[keys[d]][1], d) for d in device_index]
+        return jax.make_array_from_single_device_arrays(self.shape, sharding, arrays)
 
 
 def save_hf(
@@ -238,6 +279,7 @@ def save_hf(
     *,
     dtype: Any = None,
     max_shard_size: int = 5 * 2**30,
+    tokenizer: Any = None,
 ) -> None:
     """Writes `model` as a Hugging Face checkpoint that transformers' `from_pretrained` loads.
 
@@ -246,6 +288,8 @@ def save_hf(
       path: output folder (created).
       dtype: dtype of the written tensors (default: the parameter dtype).
       max_shard_size: bytes per safetensors file; more writes shards and an index json.
+      tokenizer: optional transformers tokenizer saved beside the weights (so the folder is
+        complete for transformers or vLLM).
 
     Multi-host note: parameters are fetched with `jax.device_get`, which needs them fully
     addressable (single host, or gather them first).
@@ -265,6 +309,8 @@ def save_hf(
                 tensors[name.format(i=i)] = np.ascontiguousarray(to_hf(value[i]).astype(out_dtype))
         else:
             tensors[name] = np.ascontiguousarray(to_hf(value).astype(out_dtype))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(to_hf_dict(config, torch_dtype=out_dtype.name), f, indent=2)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -290,3 +336,10 @@ def save_hf(
     }
     with open(os.path.join(path, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a local checkpoint folder (`transformers.AutoTokenizer`)."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(os.fspath(path))

@@ -16,6 +16,7 @@ float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,15 @@ from flax import nnx
 from giftjax.models.config import ModelConfig
 
 _INIT = jax.nn.initializers.normal(stddev=0.02)
+
+
+Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
+
+
+def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """The default activation constraint: none (see Decoder.set_sharding)."""
+    del names
+    return x
 
 
 def param(
@@ -150,6 +160,7 @@ class Attention(nnx.Module):
         mask: jax.Array,
         cache: tuple[jax.Array, jax.Array] | None = None,
         index: jax.Array | None = None,
+        constrain: Constrain = no_constraint,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attention of x over itself, or over the cache after writing x's keys into it.
 
@@ -160,6 +171,7 @@ class Attention(nnx.Module):
           cache: optional (k, v), each [B, S, K, H]: this layer's cache. x's keys and values
             are written at slots index .. index+T-1 and attention runs over all S slots.
           index: () int32 slot of x's first token (with cache only).
+          constrain: applies a sharding constraint by logical names to an activation.
 
         Returns:
           ([B, T, D], the updated (k, v) or None).
@@ -175,15 +187,21 @@ class Attention(nnx.Module):
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         new_cache = None
         if cache is not None:
             ck, cv = cache
             start = (0, index, 0, 0)
             ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)  # [B, S, K, H]
             cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+            ck = constrain(ck, ("batch", "length", "kv_heads", "head_dim"))
+            cv = constrain(cv, ("batch", "length", "kv_heads", "head_dim"))
             new_cache = (ck, cv)
             k, v = ck.astype(dt), cv.astype(dt)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim**-0.5)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))  # [B, T, N, H]
         y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))  # [B, T, D]
         if c.o_bias:
             y = y + self.o_bias[...].astype(dt)
@@ -208,14 +226,16 @@ class MLP(nnx.Module):
             self.up_bias = param(rngs, (f,), ("mlp",), pd, zeros)
             self.down_bias = param(rngs, (d,), ("embed",), pd, zeros)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, constrain: Constrain = no_constraint) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]."""
         dt = x.dtype
         gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
         up = x @ self.up_proj[...].astype(dt)  # [B, T, F]
         if self.config.mlp_bias:
             gate = gate + self.gate_bias[...].astype(dt)
             up = up + self.up_bias[...].astype(dt)
-        y = (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(dt)  # [B, T, D]
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))  # [B, T, F]
+        y = hidden @ self.down_proj[...].astype(dt)  # [B, T, D]
         if self.config.mlp_bias:
             y = y + self.down_bias[...].astype(dt)
         return y
@@ -233,9 +253,9 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(d, eps, ("embed",), param_dtype=pd, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None, index=None):
+    def __call__(self, x, cos, sin, mask, cache=None, index=None, constrain=no_constraint):
         """x [B, T, D] -> ([B, T, D], updated cache or None); arguments as in Attention."""
-        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index)
-        x = x + h
-        x = x + self.mlp(self.post_attn_norm(x))
-        return x, cache
+        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index, constrain)
+        x = constrain(x + h, ("batch", "length", None))
+        x = x + self.mlp(self.post_attn_norm(x), constrain)
+        return constrain(x, ("batch", "length", None)), cache
