@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from giftjax.sampling_utils import (
-    _blocked_cumsum,
+    _nucleus_threshold,
+    _two_level_sample,
     bucket_size,
     check_left_padded,
     drop_dummy_rows,
@@ -138,13 +139,27 @@ def test_deterministic_and_rows_independent():
     assert len(np.unique(np.asarray(a))) > 40  # identical rows still draw different tokens
 
 
-@pytest.mark.parametrize("v", [5, 128, 129, 1000, 4096])
-def test_blocked_cumsum_equals_cumsum(v):
-    w = np.random.default_rng(v).random((3, v)).astype(np.float32)
-    w[:, ::7] = 0.0
-    out = np.asarray(_blocked_cumsum(jnp.asarray(w)))
-    np.testing.assert_allclose(out, np.cumsum(w.astype(np.float64), -1), rtol=1e-5)
-    assert np.all(np.diff(out, axis=-1) >= 0)
+@pytest.mark.parametrize("v,top_p", [(6, 0.5), (129, 0.9), (1000, 0.3), (4096, 0.95)])
+def test_nucleus_threshold_is_the_smallest_kept_weight(v, top_p):
+    rng = np.random.default_rng(v)
+    w = np.exp(2 * rng.normal(size=(4, v))).astype(np.float32)
+    w[:, ::5] = 0.0
+    t = np.asarray(_nucleus_threshold(jnp.asarray(w), top_p))
+    for row, thr in zip(w, t, strict=True):
+        q = np.sort(row.astype(np.float64))[::-1]
+        c = np.cumsum(q)
+        m = int(np.argmax(c >= top_p * c[-1]))  # the smallest prefix q[:m+1] reaching top_p
+        assert thr == np.float32(q[m]), (thr, q[m - 1 : m + 2])
+
+
+@pytest.mark.parametrize("v", [5, 40, 1000, 4096])
+def test_two_level_sample_never_draws_zero_weights(v):
+    rng = np.random.default_rng(v)
+    w = rng.random((512, v)).astype(np.float32)
+    w[w < 0.9] = 0.0
+    w[:, -1] = 1e-30  # tiny but positive, in the last (padded) block
+    draws = np.asarray(_two_level_sample(jnp.asarray(w), jax.random.key(v)))
+    assert np.all(w[np.arange(512), draws] > 0)
 
 
 @pytest.mark.parametrize(
