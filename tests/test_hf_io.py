@@ -11,7 +11,8 @@ import transformers
 from hf_models import CASES, hf_logits, make_hf_model, padded_batch
 from safetensors import safe_open
 
-from giftjax.models import from_hf_dict, load_hf, load_tokenizer, save_hf
+from giftjax.models import from_hf_dict, load_hf, load_tokenizer, save_hf, to_hf_dict
+from giftjax.models.presets import PRESETS
 
 ATOL = 1e-4
 
@@ -186,3 +187,12 @@ def test_tokenizer_travels_with_the_checkpoint(tmp_path):
     back = load_tokenizer(tmp_path / "tok")
     assert back("w3 w7 w1")["input_ids"] == [6, 10, 4]
     assert back.eos_token_id == 2
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_json_round_trip(name):
+    """to_hf_dict then from_hf_dict gives the config back (eos lists, llama3 fields too)."""
+    config = PRESETS[name].replace(eos_token_id=[7, 9]) if name == "llama3.1-8b" else PRESETS[name]
+    written = json.loads(json.dumps(to_hf_dict(config)))
+    assert from_hf_dict(written) == config
+    assert written["eos_token_id"] == ([7, 9] if name == "llama3.1-8b" else config.eos_token_id)

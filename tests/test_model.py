@@ -95,7 +95,7 @@ def test_remat_policies_give_the_same_gradients():
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 6)), jnp.int32)
     _, state = nnx.split(Decoder(get_preset("tiny", dtype="float32"), rngs=nnx.Rngs(0)))
     grads = {}
-    for remat in ("none", "full", "dots_no_batch"):
+    for remat in ("none", "full", "dots_no_batch", "save_qkv_proj"):
         # Same parameters, another static config: merge the state into that graphdef.
         graphdef, _ = _abstract_state(get_preset("tiny", dtype="float32", remat=remat))
 
@@ -103,7 +103,7 @@ def test_remat_policies_give_the_same_gradients():
             return jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, state)(tokens))[..., 3])
 
         grads[remat] = jax.jit(jax.grad(loss))(state)
-    for remat in ("full", "dots_no_batch"):
+    for remat in ("full", "dots_no_batch", "save_qkv_proj"):
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat]), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -120,3 +120,5 @@ def test_config_errors_name_the_value():
     model = Decoder(get_preset("tiny"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"tokens must be \[B, T\]"):
         model(jnp.zeros((4,), jnp.int32))
+    with pytest.raises(ValueError, match="integer ids; received dtype float32"):
+        model(jnp.zeros((1, 4), jnp.float32))

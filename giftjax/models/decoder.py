@@ -30,6 +30,9 @@ D width, L layers, K kv heads, H head dim)::
 - Returns: without cache, logits [B, T, V] float32 (or hidden [B, T, D] in the compute dtype
   with `return_hidden=True`); with cache, `(logits or hidden, new_cache)`.
 - Logits at padding positions are finite but meaningless (a padding query attends nothing real).
+- The cache must have room: `cache.index + T <= S`. Writes use `lax.dynamic_update_slice`,
+  which clamps an out-of-range start instead of failing, so an overfull cache silently
+  overwrites its last slots (the index is traced, so this cannot be checked at trace time).
 
 The model is an NNX module: `nnx.split(model)` gives (graphdef, state) for `jax.jit`; the
 config is static. Layers are created with `nnx.vmap` (every layer parameter has a leading L
@@ -60,8 +63,11 @@ _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
+    # save matmul outputs (no recompute of any dot; most memory):
     "dots": jax.checkpoint_policies.dots_saveable,
+    # save matmuls without batch dims, i.e. the projections, not attention scores:
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # save only the q/k/v projections (named with checkpoint_name in layers.Attention):
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("qkv_proj"),
 }
 
@@ -158,6 +164,8 @@ class Decoder(nnx.Module):
         c = self.config
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T]; received shape {tokens.shape}.")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integer ids; received dtype {tokens.dtype}.")
         b, t = tokens.shape
         if attention_mask is None:
             mask = jnp.ones((b, t), bool)
@@ -215,26 +223,18 @@ class Decoder(nnx.Module):
         policy = self.config.remat
         constrain = self._constrain if self.activation_sharding is not None else no_constraint
 
-        def layer(block, x, layer_kv):
-            return block(x, cos, sin, attn_mask, layer_kv, index, constrain)
+        def layer(block, x, kv, i):
+            return block(x, cos, sin, attn_mask, kv, index, constrain, i)
 
         if policy != "none":
             layer = nnx.remat(layer, policy=_REMAT_POLICIES[policy], prevent_cse=False)
 
         def body(carry, block):
             x, kv, i = carry
-            if kv is None:
-                x, _ = layer(block, x, None)
-                return x, None, i + 1
-            ck, cv = kv
-            layer_kv = (
-                jax.lax.dynamic_index_in_dim(ck, i, keepdims=False),  # [B, S, K, H]
-                jax.lax.dynamic_index_in_dim(cv, i, keepdims=False),
-            )
-            x, (lk, lv) = layer(block, x, layer_kv)
-            ck = constrain(jax.lax.dynamic_update_index_in_dim(ck, lk, i, 0), kv_cache.CACHE_AXES.k)
-            cv = constrain(jax.lax.dynamic_update_index_in_dim(cv, lv, i, 0), kv_cache.CACHE_AXES.v)
-            return x, (ck, cv), i + 1
+            x, kv = layer(block, x, kv, i)
+            if kv is not None:
+                kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
+            return x, kv, i + 1
 
         scan = nnx.scan(
             body,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from giftjax.models.config import ModelConfig
 
@@ -161,6 +162,7 @@ class Attention(nnx.Module):
         cache: tuple[jax.Array, jax.Array] | None = None,
         index: jax.Array | None = None,
         constrain: Constrain = no_constraint,
+        layer: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attention of x over itself, or over the cache after writing x's keys into it.
 
@@ -168,18 +170,22 @@ class Attention(nnx.Module):
           x: [B, T, D] in the compute dtype.
           cos, sin: [B, T, H] RoPE tables of the T query positions.
           mask: [B, 1, T, S] bool, True where query t may attend key slot s.
-          cache: optional (k, v), each [B, S, K, H]: this layer's cache. x's keys and values
-            are written at slots index .. index+T-1 and attention runs over all S slots.
+          cache: optional (k, v), each [L, B, S, K, H]: the whole cache. x's keys and values
+            are written to layer `layer`, slots index .. index+T-1, and attention runs over
+            all S slots of that layer.
           index: () int32 slot of x's first token (with cache only).
+          layer: () int32 index of this layer in the cache.
           constrain: applies a sharding constraint by logical names to an activation.
 
         Returns:
-          ([B, T, D], the updated (k, v) or None).
+          ([B, T, D], the updated whole-cache (k, v) or None).
         """
         c, dt = self.config, x.dtype
         q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...].astype(dt))  # [B, T, N, H]
         k = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...].astype(dt))  # [B, T, K, H]
         v = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...].astype(dt))  # [B, T, K, H]
+        # Named so that remat="save_qkv_proj" keeps these projections for the backward pass.
+        q, k, v = (checkpoint_name(a, "qkv_proj") for a in (q, k, v))
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -192,14 +198,17 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         new_cache = None
         if cache is not None:
+            # Write only this call's T slots into the stacked [L, B, S, K, H] cache (in place
+            # inside a loop), then read this layer's [B, S, K, H] back.
             ck, cv = cache
-            start = (0, index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)  # [B, S, K, H]
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
-            ck = constrain(ck, ("batch", "length", "kv_heads", "head_dim"))
-            cv = constrain(cv, ("batch", "length", "kv_heads", "head_dim"))
+            start = (layer, 0, index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
             new_cache = (ck, cv)
-            k, v = ck.astype(dt), cv.astype(dt)
+            k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dt)
+            v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
+            k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))  # [B, S, K, H]
+            v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim**-0.5)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))  # [B, T, N, H]
         y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))  # [B, T, D]
@@ -253,9 +262,9 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(d, eps, ("embed",), param_dtype=pd, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None, index=None, constrain=no_constraint):
+    def __call__(self, x, cos, sin, mask, cache=None, index=None, constrain=no_constraint, layer=0):
         """x [B, T, D] -> ([B, T, D], updated cache or None); arguments as in Attention."""
-        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index, constrain)
+        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index, constrain, layer)
         x = constrain(x + h, ("batch", "length", None))
         x = x + self.mlp(self.post_attn_norm(x), constrain)
         return constrain(x, ("batch", "length", None)), cache
