@@ -1,0 +1,260 @@
+"""Jitted on-policy generation with a KV cache: G samples per prompt (DESIGN.md sections 3-5).
+
+`generate` takes left-padded prompts [P, T], repeats each prompt `num_samples` (= G) times so
+that the samples of prompt g are the contiguous rows `g*G .. g*G+G-1` (the losses' layout),
+runs one prefill over the prompts into a preallocated KV cache of S = T + max_new_tokens slots,
+then a `lax.while_loop` of one-token decode steps that stops as soon as every row has emitted
+an end-of-sequence token (or after max_new_tokens). The whole of it is one jitted computation,
+compiled once per (batch, prompt length, max_new_tokens, sampling settings, mesh); pad prompts
+to buckets with `pad_prompts` so a run meets few shapes.
+
+Per row, the response is the tokens up to and including the first EOS (mask 1); after it the
+row emits `pad_id` with mask 0 and log-prob 0. The log-probs are those of the sampled tokens
+under the temperature-scaled distribution (see `sampling_utils.sample_logits`), which the
+trainer uses as pi_old.
+
+With a mesh, rows are sharded over the data axes (the `batch` rule) and the cache like the
+activations (`giftjax.models.kv_cache.CACHE_AXES` through the same rules table); parameters are
+used where they are (place them with `giftjax.sharding.shard_params`). Random draws are the same
+whatever the sharding (threefry values depend on shapes, not on placement).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from giftjax import sharding as sharding_lib
+from giftjax.models.kv_cache import CACHE_AXES, KVCache
+from giftjax.sampling_utils import (
+    bucket_size,
+    check_left_padded,
+    check_sampling_args,
+    drop_dummy_rows,
+    left_pad,
+    pad_prompts,
+    sample_logits,
+)
+
+__all__ = [
+    "SampleOutput",
+    "bucket_size",
+    "drop_dummy_rows",
+    "generate",
+    "left_pad",
+    "pad_prompts",
+    "sample_logits",
+]
+
+
+class SampleOutput(NamedTuple):
+    """What `generate` returns (B = P prompts x G samples, N = max_new_tokens).
+
+    Attributes:
+      tokens: [B, N] int32 response tokens; after a row's EOS, `pad_id`.
+      mask: [B, N] int32, 1 for response tokens (the EOS included), 0 after it.
+      logps: [B, N] float32 log-probs of the tokens under `log_softmax(logits / temperature)`
+        (before top-k/top-p; `log_softmax(logits)` when temperature is 0); 0 where mask is 0.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    logps: jax.Array
+
+
+class _Settings(NamedTuple):
+    """The static (compile-time) settings of one generate computation."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    num_samples: int
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    cache_dtype: str | None
+    mesh: Mesh | None
+    rules: tuple | None
+
+
+def generate(
+    model: nnx.Module,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    *,
+    max_new_tokens: int,
+    key: jax.Array,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int | None = None,
+    cache_dtype: str | jnp.dtype | None = None,
+    mesh: Mesh | None = None,
+    rules: str | sharding_lib.Rules = "fsdp",
+) -> SampleOutput:
+    """Samples `num_samples` responses per prompt with a KV cache, in one jitted computation.
+
+    For each row, token n is drawn from `sample_logits(logits_n, fold_in(key, n), ...)` where
+    `logits_n` are the model's next-token logits after the prompt and tokens 0..n-1. Step keys
+    are `jax.random.fold_in(key, n)` and each row draws its own uniform, so rows (the samples
+    of one prompt included) are independent and the result is a deterministic function of
+    `key`.
+
+    Args:
+      model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:
+        `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `lm_head_weight()`).
+      prompt_ids: [P, T] int, LEFT-padded prompts (every row ends at column T-1).
+      prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one.
+      max_new_tokens: N >= 1, the response length (the cache has T + N slots).
+      key: a PRNG key.
+      temperature: >= 0; 0 is greedy decoding.
+      top_p: nucleus mass in (0, 1]; 1 disables.
+      top_k: >= 0; 0 disables.
+      num_samples: G >= 1 samples per prompt, rows `g*G .. g*G+G-1` for prompt g.
+      eos_id: an id or a sequence of ids that end a response; None never stops early.
+      pad_id: written after EOS; default the model config's pad_token_id, else the first
+        eos id, else 0.
+      cache_dtype: KV cache dtype (default the model's compute dtype).
+      mesh: shard rows over the data axes and the cache like activations on this mesh
+        (None: leave placement to the inputs' shardings).
+      rules: the logical-axis rules table (name or table, see giftjax.sharding).
+
+    Returns:
+      SampleOutput(tokens [P*G, N] int32, mask [P*G, N] int32, logps [P*G, N] float32).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}; expected an int >= 1.")
+    if not isinstance(num_samples, int | np.integer) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}; expected an int >= 1.")
+    if prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids must be [P, T]; received shape {prompt_ids.shape}.")
+    if prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(
+            f"prompt_mask must have prompt_ids' shape {prompt_ids.shape}; "
+            f"received {prompt_mask.shape}."
+        )
+    if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
+        raise ValueError(f"prompt_ids must be integer; received dtype {prompt_ids.dtype}.")
+    if isinstance(prompt_mask, np.ndarray) or (
+        isinstance(prompt_mask, jax.Array)
+        and not isinstance(prompt_mask, jax.core.Tracer)
+        and prompt_mask.is_fully_addressable
+    ):
+        check_left_padded(np.asarray(prompt_mask))
+    vocab = model.config.vocab_size
+    if top_k > vocab:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {vocab}.")
+    eos_ids = () if eos_id is None else (eos_id,) if np.ndim(eos_id) == 0 else tuple(eos_id)
+    eos_ids = tuple(int(e) for e in eos_ids)
+    if any(not 0 <= e < vocab for e in eos_ids):
+        raise ValueError(f"eos_id={eos_id!r}; expected ids in [0, {vocab}).")
+    if pad_id is None:
+        pad_id = model.config.pad_token_id
+        pad_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
+    rows = prompt_ids.shape[0] * num_samples
+    if mesh is not None:
+        rules = sharding_lib.get_rules(rules)
+        sharding_lib.named_sharding(("batch",), (rows,), mesh, rules, what="sampled rows")
+    settings = _Settings(
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        num_samples=int(num_samples),
+        eos_ids=eos_ids,
+        pad_id=int(pad_id),
+        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
+        mesh=mesh,
+        rules=rules if mesh is not None else None,
+    )
+    graphdef, state = nnx.split(model)
+    return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings)
+
+
+def _constrain(x: jax.Array, names: tuple, s: _Settings) -> jax.Array:
+    """with_sharding_constraint by logical names when a mesh is given (else x unchanged)."""
+    if s.mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(
+        x, sharding_lib.named_sharding(names, x.shape, s.mesh, s.rules, what="sampler array")
+    )
+
+
+def _constrain_cache(cache: KVCache, s: _Settings) -> KVCache:
+    """The cache sharded like the activations (CACHE_AXES through the rules table)."""
+    if s.mesh is None:
+        return cache
+    return KVCache(*(_constrain(x, n, s) for x, n in zip(cache, CACHE_AXES, strict=True)))
+
+
+def _lm_head(model, hidden: jax.Array) -> jax.Array:
+    """Logits [B, V] float32 of hidden [B, D] (the Decoder's own head: compute-dtype matmul,
+    float32 accumulation). Only the last prompt column is projected, not all T of them."""
+    w = model.lm_head_weight().astype(hidden.dtype)  # [D, V]
+    return jnp.einsum("bd,dv->bv", hidden, w, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Settings):
+    """The compiled body of `generate` (one per graphdef, shapes and settings)."""
+    s = settings
+    model = nnx.merge(graphdef, state)
+    n_new, g = s.max_new_tokens, s.num_samples
+    ids = jnp.repeat(prompt_ids.astype(jnp.int32), g, axis=0)  # [B, T], B = P*G
+    mask = jnp.repeat(prompt_mask.astype(bool), g, axis=0)  # [B, T]
+    ids, mask = _constrain(ids, ("batch", "length"), s), _constrain(mask, ("batch", "length"), s)
+    b, t = ids.shape
+    eos = jnp.asarray(s.eos_ids if s.eos_ids else (-1,), jnp.int32)
+
+    def sample(logits, step):
+        return sample_logits(
+            logits,
+            jax.random.fold_in(key, step),
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+        )
+
+    def is_eos(tok):
+        return jnp.any(tok[:, None] == eos[None, :], axis=-1)  # [B]
+
+    # Prefill: the whole prompt into slots 0..T-1; logits of the last column only.
+    cache = _constrain_cache(model.init_cache(b, t + n_new, dtype=s.cache_dtype), s)
+    hidden, cache = model(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
+    tok, logp = sample(_lm_head(model, hidden[:, -1]), 0)
+    tokens = jnp.full((b, n_new), s.pad_id, jnp.int32).at[:, 0].set(tok)
+    resp_mask = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(1)
+    logps = jnp.zeros((b, n_new), jnp.float32).at[:, 0].set(logp)
+    carry = (jnp.int32(1), tok, is_eos(tok), _constrain_cache(cache, s), tokens, resp_mask, logps)
+
+    def cond(carry):
+        step, _, done, *_ = carry
+        return (step < n_new) & ~jnp.all(done)
+
+    def body(carry):
+        step, prev, done, cache, tokens, resp_mask, logps = carry
+        # One decode step: the previous token (pad for finished rows) into slot T+step-1.
+        logits, cache = nnx.merge(graphdef, state)(prev[:, None], None, cache=cache)
+        tok, logp = sample(logits[:, 0], step)
+        alive = ~done
+        tok = jnp.where(alive, tok, s.pad_id)
+        col = (0, step)
+        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], col)
+        resp_mask = jax.lax.dynamic_update_slice(resp_mask, alive.astype(jnp.int32)[:, None], col)
+        logps = jax.lax.dynamic_update_slice(logps, jnp.where(alive, logp, 0.0)[:, None], col)
+        done = done | (alive & is_eos(tok))
+        return step + 1, tok, done, _constrain_cache(cache, s), tokens, resp_mask, logps
+
+    *_, tokens, resp_mask, logps = jax.lax.while_loop(cond, body, carry)
+    out = SampleOutput(tokens, resp_mask, logps)
+    return SampleOutput(*(_constrain(x, ("batch", "length"), s) for x in out))
