@@ -416,11 +416,12 @@ def gac(
             due = (last_refresh < 0) | (t - last_refresh >= refresh_every)
             refresh = valid & due
             n_new = num_refreshes + 1
-            # Bias-corrected EMA: ema_hat_n = (b (1 - b^(n-1)) ema_hat_(n-1) + (1 - b) m) /
-            # (1 - b^n); the first refresh gives ema_hat_1 = m.
-            w_old = 1.0 - jnp.power(jnp.float32(ema), num_refreshes.astype(jnp.float32))
-            w_new = 1.0 - jnp.power(jnp.float32(ema), n_new.astype(jnp.float32))
-            fold = lambda old, m: (ema * w_old * old + (1.0 - ema) * m) / w_new
+            # Bias-corrected EMA, written as a gain: ema_hat_n = ema_hat_(n-1) + (1 - b) /
+            # (1 - b^n) (m - ema_hat_(n-1)), equal to (plain EMA from 0) / (1 - b^n). The gain
+            # is exactly 1 on the first refresh (ema_hat_1 = m) and tends to 1 - b.
+            gain = (1.0 - ema) / (1.0 - jnp.power(jnp.float32(ema), n_new.astype(jnp.float32)))
+            gain = jnp.where(n_new == 1, 1.0, gain)
+            fold = lambda old, m: old + gain * (m - old)
             sft_var = jnp.where(refresh, fold(sft_var, m_sft), sft_var)
             rl_var = jnp.where(refresh, fold(rl_var, m_rl), rl_var)
             disagreement = jnp.where(refresh, fold(disagreement, m_d2), disagreement)
