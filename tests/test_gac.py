@@ -237,7 +237,7 @@ def test_matches_numpy_transcription_with_gaps_and_options():
     masked = np.where(present[:, None], measurements, np.nan)
     _, mu, mu_raw, _, _, last = run_proxy(tx, masked)
     ref = np_gac(
-        [m if ok else None for m, ok in zip(measurements, present)],
+        [m if ok else None for m, ok in zip(measurements, present, strict=True)],
         smoothing="anchored",
         init=0.3,
         smooth=0.95,
@@ -443,7 +443,7 @@ def test_bad_updates_and_stats():
     partial = optim.GacStats(sft_sq_norm_sum=1.0, rl_sq_norm_sum=1.0)
     with pytest.raises(ValueError, match=r"missing: \['num_microbatches'\]"):
         tx.update(GRADS, state, PARAMS, gac_stats=partial)
-    with pytest.raises(TypeError, match="gac_stats must be an optim.GacStats"):
+    with pytest.raises(TypeError, match=r"gac_stats must be an optim\.GacStats"):
         tx.update(GRADS, state, PARAMS, gac_stats={"sft_var": 1.0})
     with pytest.raises(ValueError, match="Expected exactly one GacState"):
         optim.gac_metrics(optax.adam(1e-3).init(PARAMS))
