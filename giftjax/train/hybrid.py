@@ -67,7 +67,13 @@ def _stack(microbatches: Any, name: str) -> tuple[Any, int]:
 
 
 def accumulate_grads(
-    loss_fn: LossFn, params: Any, microbatches: Any, *, collect_stats: bool = True, name="loss_fn"
+    loss_fn: LossFn,
+    params: Any,
+    microbatches: Any,
+    *,
+    collect_stats: bool = True,
+    unroll: int | bool = 1,
+    name: str = "loss_fn",
 ) -> BranchGrads:
     """Exact token-mean gradient of ``loss_fn`` over K micro-batches in one ``lax.scan``.
 
@@ -77,6 +83,8 @@ def accumulate_grads(
       params: a pytree of floating arrays (an ``nnx.State`` of ``nnx.Param`` works).
       microbatches: a pytree whose leaves have a leading axis K, or a list of K micro-batches.
       collect_stats: accumulate ``sum_k |g_k|^2`` (else ``sq_norm_sum`` is 0).
+      unroll: passed to ``lax.scan`` (``True`` unrolls every micro-batch, e.g. so that
+        ``cost_analysis()``, which counts a loop body once, counts them all).
       name: used in error messages.
 
     Returns:
@@ -113,7 +121,9 @@ def accumulate_grads(
         return (g_sum, sq_sum, num, den), None
 
     scalar = jnp.zeros((), jnp.float32)
-    (g_sum, sq_sum, num, den), _ = jax.lax.scan(body, (zeros, scalar, scalar, scalar), microbatches)
+    (g_sum, sq_sum, num, den), _ = jax.lax.scan(
+        body, (zeros, scalar, scalar, scalar), microbatches, unroll=unroll
+    )
     inv = jnp.where(den != 0, 1.0 / jnp.where(den != 0, den, 1.0), 0.0)
     grads = jax.tree.map(lambda g, p: (g * inv).astype(jnp.result_type(p)), g_sum, params)
     return BranchGrads(
@@ -132,6 +142,7 @@ def hybrid_step(
     tx: optax.GradientTransformation,
     collect_stats: bool = True,
     gac_stats: optim.GacStats | None = None,
+    unroll: int | bool = 1,
 ) -> tuple[Any, optax.OptState, dict[str, Array]]:
     """One hybrid SFT+RL update: accumulate both gradients, mix them with GAC, apply.
 
@@ -149,6 +160,7 @@ def hybrid_step(
         ``gac_stats`` (needs K >= 2 in each branch to refresh GAC's statistics).
       gac_stats: statistics measured elsewhere (e.g. :func:`giftjax.optim.gac_proxy_stats`
         from the rollout's log-probs) for ``collect_stats=False``.
+      unroll: ``lax.scan`` unrolling of the micro-batch loops (see :func:`accumulate_grads`).
 
     Returns:
       ``(new_params, new_opt_state, metrics)``; metrics hold ``loss/sft``, ``loss/rl``,
@@ -161,12 +173,9 @@ def hybrid_step(
             "hybrid_step: pass either collect_stats=True (the gradient estimator's statistics "
             "are measured here) or gac_stats=... with collect_stats=False, not both."
         )
-    sft = accumulate_grads(
-        sft_loss_fn, params, sft_microbatches, collect_stats=collect_stats, name="sft_loss_fn"
-    )
-    rl = accumulate_grads(
-        rl_loss_fn, params, rl_microbatches, collect_stats=collect_stats, name="rl_loss_fn"
-    )
+    kw = {"collect_stats": collect_stats, "unroll": unroll}
+    sft = accumulate_grads(sft_loss_fn, params, sft_microbatches, name="sft_loss_fn", **kw)
+    rl = accumulate_grads(rl_loss_fn, params, rl_microbatches, name="rl_loss_fn", **kw)
     if collect_stats:
         gac_stats = optim.GacStats(
             sft_sq_norm_sum=sft.sq_norm_sum,
