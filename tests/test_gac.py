@@ -447,3 +447,12 @@ def test_bad_updates_and_stats():
         tx.update(GRADS, state, PARAMS, gac_stats={"sft_var": 1.0})
     with pytest.raises(ValueError, match="Expected exactly one GacState"):
         optim.gac_metrics(optax.adam(1e-3).init(PARAMS))
+
+
+@pytest.mark.parametrize("module", ["giftjax.optim.gac", "giftjax.optim.schedules"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
+    assert result.attempted > 0 and result.failed == 0, result
