@@ -205,6 +205,8 @@ def apply_preset(
     presets: dict[str, dict[str, object]],
     given: dict[str, object],
     defaults: dict[str, object],
+    *,
+    arg: str = "preset",
 ) -> dict[str, object]:
     """Resolve a loss's ``preset=`` into argument values.
 
@@ -220,20 +222,21 @@ def apply_preset(
       presets: name -> {argument: value}.
       given: the values the function received, by argument name.
       defaults: the function's default values, by argument name.
+      arg: the name of the preset argument, for messages.
 
     Returns:
       ``given`` updated with the preset's values.
     """
     if preset is None:
         return dict(given)
-    check_choice(f"{fn_name}: preset", preset, (None, *presets))
+    check_choice(f"{fn_name}: {arg}", preset, (None, *presets))
     resolved = dict(given)
     for name, value in presets[preset].items():
         if given[name] != defaults[name] and given[name] != value:
             raise ValueError(
-                f"{fn_name}: preset={preset!r} sets {name}={value!r}, but {name}="
-                f"{given[name]!r} was passed. Drop {name} to use the preset, or pass "
-                f"preset=None and set every argument yourself."
+                f"{fn_name}: {arg}={preset!r} sets {name}={value!r}, but {name}="
+                f"{given[name]!r} was passed. Drop {name} to use the {arg}'s value, or "
+                f"pass {arg}=None and set every argument yourself."
             )
         resolved[name] = value
     return resolved
