@@ -456,3 +456,25 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(module), verbose=False)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_readme_chain_example_runs():
+    """The GAC section's code block, run on a two-leaf model."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## GAC") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    params = {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}
+    env = {
+        "params": params,
+        "g_sft": jax.tree.map(jnp.ones_like, params),
+        "g_rl": jax.tree.map(lambda x: -jnp.ones_like(x), params),
+        "sq_sft": 40.0,
+        "sq_rl": 40.0,
+        "K": 4,
+    }
+    exec(code, env)
+    assert optim.find_gac_state(env["opt_state"]).count == 1
+    assert float(jnp.abs(env["params"]["w"]).max()) > 0
