@@ -50,8 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from giftjax import optim
-from giftjax.losses.common import aggregate, finish
+from giftjax import losses, optim
 from giftjax.train import accumulate_grads, hybrid_step
 
 RESULTS = Path(__file__).parent / "results" / "gac_overhead.md"
@@ -128,12 +127,13 @@ def make_losses(graphdef, rest):
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(logp, mb["targets"][..., None], axis=-1)[..., 0]  # [B, T]
 
-    def sft_loss(params, mb):  # token-mean NLL on demonstrations
-        return finish(*aggregate(-token_logps(params, mb), mb["mask"], agg="token-mean"), {})
+    def sft_loss(params, mb):  # the SFT branch GAC was published with: CHORD-weighted NLL
+        return losses.sft_loss(token_logps(params, mb), mb["mask"], weighting="chord")
 
-    def rl_loss(params, mb):  # policy gradient, token-mean (GRPO without the ratio)
-        per_token = -mb["adv"][:, None] * token_logps(params, mb)
-        return finish(*aggregate(per_token, mb["mask"], agg="token-mean"), {})
+    def rl_loss(params, mb):  # GRPO, first update on a fresh rollout batch (ratio 1)
+        logps = token_logps(params, mb)
+        old = jax.lax.stop_gradient(logps)
+        return losses.grpo_loss(logps, old, mb["mask"], mb["adv"])
 
     return sft_loss, rl_loss
 
@@ -295,7 +295,8 @@ def main(argv=None):
         f"- Model: {description}; {num_params:,} parameters.",
         f"- Micro-batching: K = {k} micro-batches per branch, {b} sequences x {t} tokens each "
         f"({k * b * t:,} token slots per branch), one `lax.scan` per branch, exact token-mean "
-        "accumulation; tail `clip_by_global_norm(1.0)`, `adamw(1e-4)`.",
+        "accumulation; losses `losses.sft_loss(weighting='chord')` and `losses.grpo_loss`; "
+        "tail `clip_by_global_norm(1.0)`, `adamw(1e-4)`.",
         "- fixed: hand-written `(1 - mu) g_rl + mu g_sft` with mu = 0.5, no statistics; it "
         "returns the same losses and gradient norms as `hybrid_step` (less the `gac/` scalars).",
         "- gac: `optim.gac()` defaults, `gradient` estimator (per-micro-batch squared norms).",
