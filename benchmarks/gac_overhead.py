@@ -15,7 +15,9 @@ token-mean accumulation) and the same optimiser tail (global-norm clipping, Adam
 FLOPs come from ``jax.jit(step).lower(...).compile().cost_analysis()``. Wall time is measured
 in one process, the two steps interleaved (their order alternating each round), each call
 blocked until ready; the ratio of the medians is reported, with the median of the per-round
-ratios beside it, so other load on the machine cancels out.
+ratios beside it, so other load on the machine cancels out. An A/A control (the fixed step
+timed twice in the same rotation) shows the noise floor, and GAC's own operations are also
+timed alone.
 
 The model is ``giftjax.models``' ``tiny`` preset when that package is importable (``--model
 auto``, the default), else a self-contained NNX decoder of the same size defined below.
@@ -218,6 +220,9 @@ def main(argv=None):
         # cost_analysis() counts a loop body once: count FLOPs on the unrolled program.
         flops, nbytes = analyse(partial(fn, unroll=True), params, state, sft_mbs, rl_mbs)
         runs[name] = {"compiled": compiled, "state": state, "flops": flops, "bytes": nbytes}
+    # A/A control: the fixed step timed a second time as if it were another program; its ratio
+    # to the fixed step shows the noise floor of this machine during this run.
+    runs["fixed (again)"] = dict(runs["fixed"])
 
     # Cross-check: GAC's own operations compiled alone. Extra = the transformation (norms, D^2,
     # controller, combination) minus the plain combination, plus one squared norm per
@@ -252,7 +257,8 @@ def main(argv=None):
     t_call = median_time(lambda x: x + 1, jnp.zeros(()))
     isolated_time = (t_gac_update - t_combine) + (t_norms - t_call)
 
-    cpu_times = {"gac": [], "fixed": []}
+    names = ["gac", "fixed", "fixed (again)"]
+    cpu_times = {name: [] for name in names}
 
     def timed(name):
         r = runs[name]
@@ -263,12 +269,13 @@ def main(argv=None):
         return time.perf_counter() - start
 
     for _ in range(3):  # warm-up
-        timed("gac"), timed("fixed")
-    cpu_times = {"gac": [], "fixed": []}
-    times = {"gac": [], "fixed": []}
+        for name in names:
+            timed(name)
+    for name in names:
+        cpu_times[name].clear()
+    times = {name: [] for name in names}
     for i in range(args.repeats):
-        order = ("gac", "fixed") if i % 2 == 0 else ("fixed", "gac")
-        for name in order:
+        for name in names[i % 3 :] + names[: i % 3]:  # rotate the order every round
             times[name].append(timed(name))
 
     med = {n: statistics.median(v) for n, v in times.items()}
@@ -280,6 +287,10 @@ def main(argv=None):
     ci = np.percentile(boot, [2.5, 97.5])
     cpu_ratio = statistics.median(cpu_times["gac"]) / statistics.median(cpu_times["fixed"])
     isolated_ratio = 1.0 + isolated_time / med["fixed"]
+    aa_ratio = med["fixed (again)"] / med["fixed"]
+    aa_pairs = np.asarray(times["fixed (again)"]) / np.asarray(times["fixed"])
+    aa_boot = np.median(rng.choice(aa_pairs, size=(2000, aa_pairs.size)), axis=1)
+    aa_ci = np.percentile(aa_boot, [2.5, 97.5])
     flop_ratio = runs["gac"]["flops"] / runs["fixed"]["flops"]
     extra = (runs["gac"]["flops"] - runs["fixed"]["flops"]) / runs["fixed"]["flops"]
 
@@ -322,6 +333,10 @@ def main(argv=None):
         f"{'one' if args.single_thread else 'default'}; load average at the end: "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores.",
         "",
+        f"Noise floor (A/A control, the fixed step timed again in the same rotation): ratio of "
+        f"medians {aa_ratio:.4f}, median of per-round ratios {float(np.median(aa_pairs)):.4f}, "
+        f"95% bootstrap interval [{aa_ci[0]:.4f}, {aa_ci[1]:.4f}].",
+        "",
         f"Cross-check, GAC's own operations timed alone (jitted, median of 200 calls each): "
         f"the transformation {1e3 * t_gac_update:.3f} ms minus the plain combination "
         f"{1e3 * t_combine:.3f} ms, plus the {2 * k} micro-batch squared norms in one call "
@@ -340,6 +355,7 @@ def main(argv=None):
         "pair_ratio_ci": tuple(ci),
         "cpu_ratio": cpu_ratio,
         "isolated_ratio": isolated_ratio,
+        "aa_ratio": aa_ratio,
     }
 
 
