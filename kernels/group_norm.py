@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from giftjax.kernels import _dispatch
+from giftjax.kernels._group_norm_fused import GroupNormConfig, group_normalize_fused
 
 __all__ = ["group_normalize", "group_normalize_reference"]
 
@@ -114,10 +115,13 @@ def group_normalize(
       ddof: 1 (sample std) or 0 (population std).
       stop_grad_stats: stop the gradient through mean and std (GRPO, GIFT's code).
       std_floor: lower bound on the std used in the denominator (0 disables it).
-      impl: ``"auto"``, ``"pallas"``, ``"xla"`` or ``"reference"``.
+      impl: ``"auto"`` (pallas on TPU, xla elsewhere), ``"pallas"``, ``"xla"`` or
+        ``"reference"``. ``xla`` and ``pallas`` use a ``custom_vjp`` that saves only
+        ``x`` and equals autodiff of the reference formula (both gradient modes).
 
     Returns:
-      ``(z, mean, std)``: ``z [B]``, ``mean [P]``, ``std [P]``, float32.
+      ``(z, mean, std)``: ``z [B]``, ``mean [P]``, ``std [P]``, float32; with
+      ``stop_grad_stats=False`` the mean and std carry gradients too.
     """
     impl = _dispatch.resolve_impl(impl, available=_IMPLS, kernel="group_normalize")
     return _IMPLS[impl](
@@ -130,6 +134,33 @@ def group_normalize(
     )
 
 
-# The xla path is the reference formula: XLA fuses it into one reduction and
-# one elementwise pass already. The kernels issue adds "pallas".
-_IMPLS = {"reference": group_normalize_reference, "xla": group_normalize_reference}
+# Groups per Pallas block: a multiple of the 128 TPU lanes.
+_BLOCK_P = 1024
+
+
+def _fused(impl: str):
+    def run(x, *, group_size, eps, ddof, stop_grad_stats, std_floor):
+        check_group_input(x, group_size, ddof, eps)
+        if std_floor < 0:
+            raise ValueError(f"std_floor must be >= 0, got {std_floor!r}.")
+        cfg = GroupNormConfig(
+            impl,
+            group_size,
+            float(eps),
+            int(ddof),
+            bool(stop_grad_stats),
+            float(std_floor),
+            _BLOCK_P,
+        )
+        return group_normalize_fused(cfg, x)
+
+    return run
+
+
+# "xla": the formula as one fused XLA pass with a custom_vjp that saves only x;
+# "pallas": the same formula as a Mosaic TPU kernel (interpret mode off TPU).
+_IMPLS = {
+    "reference": group_normalize_reference,
+    "xla": _fused("xla"),
+    "pallas": _fused("pallas"),
+}

@@ -13,6 +13,8 @@ if "xla_force_host_platform_device_count" not in flags:
 # libtpu (installed for ahead-of-time TPU compiles) looks for TPU hosts at start-up.
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# libtpu takes a machine-wide lock file; let parallel test processes compile for TPU too.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 
