@@ -1,0 +1,270 @@
+"""Building blocks of the Llama/Qwen decoder: RMSNorm, RoPE, attention, SwiGLU MLP, one layer.
+
+Shape letters: B batch, T query length, S key length (the cache length when decoding),
+D model width, N query heads, K key/value heads, H head dim, F MLP width.
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds *logical* axis names
+(`embed`, `vocab`, `heads`, `kv_heads`, `head_dim`, `mlp`; the layer stack adds `layers`);
+`giftjax.sharding` maps them to mesh axes with a rules table. `eager_sharding=False` keeps flax
+from placing the value at creation (logical names are not mesh axes).
+
+Parameters live in `param_dtype` (float32); each matmul casts them to the activations' dtype
+(the compute dtype, bfloat16 by default). Norms, RoPE angles and the attention softmax run in
+float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from giftjax.models.config import ModelConfig
+
+_INIT = jax.nn.initializers.normal(stddev=0.02)
+
+
+Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
+
+
+def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """The default activation constraint: none (see Decoder.set_sharding)."""
+    del names
+    return x
+
+
+def param(
+    rngs: nnx.Rngs,
+    shape: tuple[int, ...],
+    names: tuple[str, ...],
+    dtype: jnp.dtype,
+    init=_INIT,
+) -> nnx.Param:
+    """An `nnx.Param` of `shape` with logical axis `names` (one per dimension)."""
+    if len(names) != len(shape):
+        raise ValueError(f"names={names} must name each of the {len(shape)} dims of {shape}.")
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32: `x / sqrt(mean(x^2) + eps) * weight`, cast back to x's dtype.
+
+    Zhang & Sennrich, "Root Mean Square Layer Normalization" (2019). The weight multiplies
+    after the cast back, as transformers' LlamaRMSNorm does.
+
+    Args:
+      x: [..., D].
+      weight: [D].
+      eps: added to the mean square.
+    """
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis, weight initialised to ones."""
+
+    def __init__(self, dim: int, eps: float, names: tuple[str, ...], *, param_dtype, rngs):
+        del rngs
+        self.eps = eps
+        self.weight = nnx.Param(
+            jnp.ones((dim,), param_dtype), out_sharding=names, eager_sharding=False
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.weight[...], self.eps)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies [H/2] (float32), with llama3 scaling when configured.
+
+    Default (Su et al., "RoFormer", 2021): `inv_freq_i = theta^(-2i/H)`.
+    llama3 (Llama 3.1): wavelengths `2 pi / inv_freq` longer than `orig / low_freq_factor` are
+    divided by `factor`, shorter than `orig / high_freq_factor` kept, and the band between
+    interpolated with `s = (orig / wavelen - low) / (high - low)`:
+    `(1 - s) inv_freq / factor + s inv_freq`. Computed in float32 as transformers does.
+    """
+    h = config.head_dim
+    exponent = np.arange(0, h, 2, dtype=np.int64).astype(np.float32) / np.float32(h)
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponent)).astype(np.float32)
+    if config.rope_type == "llama3":
+        factor = config.rope_factor
+        low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+        orig = config.rope_original_max_len
+        wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+        scaled = np.where(wavelen > orig / low, inv_freq / factor, inv_freq).astype(np.float32)
+        smooth = ((orig / wavelen - low) / (high - low)).astype(np.float32)
+        smoothed = ((1 - smooth) * scaled / factor + smooth * scaled).astype(np.float32)
+        medium = ~(wavelen < orig / high) & ~(wavelen > orig / low)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables [B, T, H] (float32) for integer `positions` [B, T].
+
+    Uses the half-split layout of transformers (`cat(freqs, freqs)`), not interleaved pairs.
+    """
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, H]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates `x` [B, T, heads, H] by the angles in cos/sin [B, T, H]: `x cos + rot(x) sin`,
+    `rot([x1, x2]) = [-x2, x1]` (half split)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with RoPE, optional q/k/v/o bias and q/k RMSNorm.
+
+    Weights: q [D, N, H], k and v [D, K, H], o [N, H, D]; the softmax runs in float32 inside
+    `jax.nn.dot_product_attention`, with `scale = H^-1/2` and a boolean mask [B, 1, T, S].
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        pd = jnp.dtype(c.param_dtype)
+        d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        self.config = c
+        self.q_proj = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), pd)
+        self.k_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+        self.v_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+        self.o_proj = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd)
+        zeros = jax.nn.initializers.zeros
+        if c.qkv_bias:
+            self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), pd, zeros)
+            self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros)
+            self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros)
+        if c.o_bias:
+            self.o_bias = param(rngs, (d,), ("embed",), pd, zeros)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(h, c.rms_norm_eps, ("head_dim",), param_dtype=pd, rngs=rngs)
+            self.k_norm = RMSNorm(h, c.rms_norm_eps, ("head_dim",), param_dtype=pd, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        cache: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+        constrain: Constrain = no_constraint,
+        layer: jax.Array | int = 0,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Attention of x over itself, or over the cache after writing x's keys into it.
+
+        Args:
+          x: [B, T, D] in the compute dtype.
+          cos, sin: [B, T, H] RoPE tables of the T query positions.
+          mask: [B, 1, T, S] bool, True where query t may attend key slot s.
+          cache: optional (k, v), each [L, B, S, K, H]: the whole cache. x's keys and values
+            are written to layer `layer`, slots index .. index+T-1, and attention runs over
+            all S slots of that layer.
+          index: () int32 slot of x's first token (with cache only).
+          layer: () int32 index of this layer in the cache.
+          constrain: applies a sharding constraint by logical names to an activation.
+
+        Returns:
+          ([B, T, D], the updated whole-cache (k, v) or None).
+        """
+        c, dt = self.config, x.dtype
+        q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...].astype(dt))  # [B, T, N, H]
+        k = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...].astype(dt))  # [B, T, K, H]
+        v = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...].astype(dt))  # [B, T, K, H]
+        # Named so that remat="save_qkv_proj" keeps these projections for the backward pass.
+        q, k, v = (checkpoint_name(a, "qkv_proj") for a in (q, k, v))
+        if c.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        new_cache = None
+        if cache is not None:
+            # Write only this call's T slots into the stacked [L, B, S, K, H] cache (in place
+            # inside a loop), then read this layer's [B, S, K, H] back.
+            ck, cv = cache
+            start = (layer, 0, index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
+            new_cache = (ck, cv)
+            k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dt)
+            v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
+            k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))  # [B, S, K, H]
+            v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim**-0.5)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))  # [B, T, N, H]
+        y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))  # [B, T, D]
+        if c.o_bias:
+            y = y + self.o_bias[...].astype(dt)
+        return y, new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU MLP (Shazeer, "GLU Variants Improve Transformer", 2020):
+    `down(silu(x gate) * (x up))`, gate and up [D, F], down [F, D]."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        pd = jnp.dtype(c.param_dtype)
+        d, f = c.hidden_size, c.intermediate_size
+        self.config = c
+        self.gate_proj = param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.up_proj = param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.down_proj = param(rngs, (f, d), ("mlp", "embed"), pd)
+        if c.mlp_bias:
+            zeros = jax.nn.initializers.zeros
+            self.gate_bias = param(rngs, (f,), ("mlp",), pd, zeros)
+            self.up_bias = param(rngs, (f,), ("mlp",), pd, zeros)
+            self.down_bias = param(rngs, (d,), ("embed",), pd, zeros)
+
+    def __call__(self, x: jax.Array, constrain: Constrain = no_constraint) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]."""
+        dt = x.dtype
+        gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
+        up = x @ self.up_proj[...].astype(dt)  # [B, T, F]
+        if self.config.mlp_bias:
+            gate = gate + self.gate_bias[...].astype(dt)
+            up = up + self.up_bias[...].astype(dt)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))  # [B, T, F]
+        y = hidden @ self.down_proj[...].astype(dt)  # [B, T, D]
+        if self.config.mlp_bias:
+            y = y + self.down_bias[...].astype(dt)
+        return y
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(config.param_dtype)
+        eps = config.rms_norm_eps
+        d = config.hidden_size
+        self.input_norm = RMSNorm(d, eps, ("embed",), param_dtype=pd, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = RMSNorm(d, eps, ("embed",), param_dtype=pd, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, cache=None, index=None, constrain=no_constraint, layer=0):
+        """x [B, T, D] -> ([B, T, D], updated cache or None); arguments as in Attention."""
+        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index, constrain, layer)
+        x = constrain(x + h, ("batch", "length", None))
+        x = x + self.mlp(self.post_attn_norm(x), constrain)
+        return constrain(x, ("batch", "length", None)), cache
