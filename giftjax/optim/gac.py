@@ -1,0 +1,517 @@
+"""GAC: the noise-aware controller that mixes SFT and RL gradients, as an optax transformation.
+
+Hybrid post-training combines a supervised gradient ``g_sft`` (demonstrations) with a
+reinforcement-learning gradient ``g_rl`` (rollouts): ``g = (1 - mu) g_rl + mu g_sft``, where
+``mu`` is the weight on SFT. GAC sets ``mu`` from online estimates of each signal's noise and of
+their disagreement, smoothed, pulled towards a prior schedule and moved in bounded steps.
+
+Model each branch as truth plus independent noise, ``g_b = g_b* + n_b`` with
+``E|n_b|^2 = s_b^2``, and aim at ``alpha g_sft* + (1 - alpha) g_rl*``. The weight minimising the
+expected squared error is
+
+    mu* = (alpha D^2 + s_rl^2) / (D^2 + s_sft^2 + s_rl^2),   D^2 = |g_sft* - g_rl*|^2,
+
+inverse-variance weighting when the two signals agree (``D^2 = 0``) and ``alpha`` when they
+disagree strongly.
+
+References:
+  GAC, noise-aware mixing of SFT and RL gradients in hybrid post-training, arXiv:2605.26184, 2026.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from giftjax.optim.schedules import chord_prior
+
+Array = jax.Array
+
+SMOOTHINGS = ("separate", "anchored")
+ESTIMATORS = ("gradient", "proxy")
+MODES = ("adaptive", "fixed", "prior")
+
+_PROXY_FIELDS = ("sft_var", "rl_var", "disagreement")
+_GRADIENT_FIELDS = ("sft_sq_norm_sum", "rl_sq_norm_sum", "num_microbatches")
+_GRADIENT_OPTIONAL = ("rl_num_microbatches",)
+
+
+class GacStats(NamedTuple):
+    """What the trainer measured this step, passed to ``update`` as ``gac_stats=``.
+
+    Fill the fields of the transformation's estimator and leave the others ``None``:
+
+    - ``estimator="proxy"``: ``GacStats(sft_var, rl_var, disagreement)``, the loss-side
+      statistics of :func:`giftjax.optim.gac_proxy_stats`.
+    - ``estimator="gradient"``: ``GacStats(sft_sq_norm_sum=..., rl_sq_norm_sum=...,
+      num_microbatches=K)``; ``sum_k |g_k|^2`` over the K micro-batch gradients of each branch,
+      whose plain mean is the tree passed to ``update`` (``D^2`` is computed inside from the two
+      trees). When the branches have different micro-batch counts, ``num_microbatches`` is the
+      SFT branch's and ``rl_num_microbatches`` the RL branch's.
+
+    All fields are scalars (Python numbers or ``()`` arrays, traced or not).
+    """
+
+    sft_var: Any = None  # proxy: s_sft^2, () float
+    rl_var: Any = None  # proxy: s_rl^2, () float
+    disagreement: Any = None  # proxy: D^2, () float
+    sft_sq_norm_sum: Any = None  # gradient: sum_k |g_sft,k|^2, () float
+    rl_sq_norm_sum: Any = None  # gradient: sum_k |g_rl,k|^2, () float
+    num_microbatches: Any = None  # gradient: K (SFT branch, and RL unless given below), () int
+    rl_num_microbatches: Any = None  # gradient: K of the RL branch if it differs, () int
+
+
+class GacState(NamedTuple):
+    """State of :func:`gac`: scalars of fixed dtype only (jit- and orbax-friendly)."""
+
+    count: Array  # () int32: updates made so far (t of the next update)
+    mu: Array  # () float32: SFT weight in force (applied at the last update; `init` before any)
+    mu_raw: Array  # () float32: closed-form weight from the EMA statistics (0.5 before any)
+    mu_smooth: Array  # () float32: smoothed mu_raw (`separate`: own EMA; `anchored`: see gac)
+    sft_var: Array  # () float32: EMA of s_sft^2 (bias-corrected; 0 before any refresh)
+    rl_var: Array  # () float32: EMA of s_rl^2 (bias-corrected)
+    disagreement: Array  # () float32: EMA of D^2 (bias-corrected)
+    num_refreshes: Array  # () int32: measurements folded into the EMA so far
+    last_refresh: Array  # () int32: step of the last refresh, -1 before any
+    prior: Array  # () float32: prior(t) at the last update (prior(0) before any)
+
+
+# --------------------------------------------------------------------------------------
+# Tree reductions. Each leaf is reduced to a float32 scalar and the scalars are added, so
+# under jit with sharded leaves XLA reduces each shard locally and all-reduces one scalar.
+# --------------------------------------------------------------------------------------
+
+
+def tree_sq_norm(tree: Any) -> Array:
+    """``sum over leaves of sum(x^2)`` in float32: the squared global norm."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def tree_sq_dist(a: Any, b: Any) -> Array:
+    """``|a - b|^2`` over two trees of the same structure, in float32."""
+    diffs = jax.tree.map(lambda x, y: x.astype(jnp.float32) - y.astype(jnp.float32), a, b)
+    return tree_sq_norm(diffs)
+
+
+# --------------------------------------------------------------------------------------
+# Checks.
+# --------------------------------------------------------------------------------------
+
+
+def _check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def _split_updates(updates: Any) -> tuple[Any, Any]:
+    """Check ``updates = {"sft": g_sft, "rl": g_rl}`` and return the two trees."""
+    if not isinstance(updates, Mapping) or set(updates.keys()) != {"sft", "rl"}:
+        got = (
+            f"a mapping with keys {sorted(map(str, updates.keys()))}"
+            if isinstance(updates, Mapping)
+            else f"a {type(updates).__name__}"
+        )
+        raise ValueError(
+            "gac: updates must be {'sft': g_sft, 'rl': g_rl} (two gradient trees of the "
+            f"parameters' structure), got {got}. Chain gac first: "
+            "optax.chain(optim.gac(...), optax.clip_by_global_norm(1.0), optax.adamw(lr))."
+        )
+    g_sft, g_rl = updates["sft"], updates["rl"]
+    s_def, r_def = jax.tree.structure(g_sft), jax.tree.structure(g_rl)
+    if s_def != r_def:
+        raise ValueError(
+            "gac: updates['sft'] and updates['rl'] must have the same tree structure, got "
+            f"{s_def} and {r_def}."
+        )
+    for i, (s, r) in enumerate(zip(jax.tree.leaves(g_sft), jax.tree.leaves(g_rl), strict=True)):
+        if tuple(s.shape) != tuple(r.shape):
+            raise ValueError(
+                f"gac: leaf {i} has shape {tuple(s.shape)} in updates['sft'] but "
+                f"{tuple(r.shape)} in updates['rl']; the two trees must match leaf by leaf."
+            )
+    return g_sft, g_rl
+
+
+def _check_stats(stats: Any, estimator: str) -> None:
+    """Check that ``stats`` carries the fields of ``estimator`` (``None`` is allowed)."""
+    if stats is None:
+        return
+    if not isinstance(stats, GacStats):
+        raise TypeError(
+            f"gac: gac_stats must be an optim.GacStats or None, got {type(stats).__name__}."
+        )
+    given = tuple(f for f in GacStats._fields if getattr(stats, f) is not None)
+    need = _PROXY_FIELDS if estimator == "proxy" else _GRADIENT_FIELDS
+    other = _GRADIENT_FIELDS + _GRADIENT_OPTIONAL if estimator == "proxy" else _PROXY_FIELDS
+    missing = [f for f in need if getattr(stats, f) is None]
+    foreign = [f for f in other if getattr(stats, f) is not None]
+    if missing or foreign:
+        other_name = "gradient" if estimator == "proxy" else "proxy"
+        hint = (
+            f" Fields {foreign} belong to estimator={other_name!r}: pass "
+            f"estimator={other_name!r} to optim.gac(...) if that is what you measured."
+            if foreign
+            else ""
+        )
+        raise ValueError(
+            f"gac(estimator={estimator!r}) needs GacStats with {list(need)} set, got one with "
+            f"{list(given)} set (missing: {missing}).{hint}"
+        )
+    for f in given:
+        if jnp.ndim(getattr(stats, f)) != 0:
+            raise ValueError(
+                f"gac: gac_stats.{f} must be a scalar, got shape {jnp.shape(getattr(stats, f))}."
+            )
+
+
+# --------------------------------------------------------------------------------------
+# Measurements.
+# --------------------------------------------------------------------------------------
+
+
+def _measure_gradient(g_sft: Any, g_rl: Any, stats: GacStats) -> tuple[Array, Array, Array, Array]:
+    """``(s_sft^2, s_rl^2, D^2, valid)`` from the two mean trees and the micro-batch sums.
+
+    ``s^2 = (sum_k |g_k|^2 - K |g_mean|^2) / (K (K - 1))`` is the variance of the mean of K
+    micro-batch gradients (unbiased, clamped at 0); ``D^2 = |g_sft - g_rl|^2 - s_sft^2 -
+    s_rl^2`` clamped at 0 removes the noise that ``|g_sft - g_rl|^2`` carries on average.
+    Valid when both K >= 2 and every value is finite.
+    """
+    k_sft = jnp.asarray(stats.num_microbatches, jnp.float32)
+    k_rl = k_sft if stats.rl_num_microbatches is None else stats.rl_num_microbatches
+    k_rl = jnp.asarray(k_rl, jnp.float32)
+
+    def mean_var(sq_sum, mean_tree, k):
+        centred = jnp.asarray(sq_sum, jnp.float32) - k * tree_sq_norm(mean_tree)
+        return jnp.maximum(centred / jnp.maximum(k * (k - 1.0), 1.0), 0.0)
+
+    sft_var = mean_var(stats.sft_sq_norm_sum, g_sft, k_sft)
+    rl_var = mean_var(stats.rl_sq_norm_sum, g_rl, k_rl)
+    disagreement = jnp.maximum(tree_sq_dist(g_sft, g_rl) - sft_var - rl_var, 0.0)
+    valid = (k_sft >= 2.0) & (k_rl >= 2.0)
+    return sft_var, rl_var, disagreement, valid
+
+
+def _measure_proxy(stats: GacStats) -> tuple[Array, Array, Array, Array]:
+    """``(s_sft^2, s_rl^2, D^2, valid)`` from the loss-side statistics."""
+    sft_var = jnp.asarray(stats.sft_var, jnp.float32)
+    rl_var = jnp.asarray(stats.rl_var, jnp.float32)
+    disagreement = jnp.asarray(stats.disagreement, jnp.float32)
+    valid = (sft_var >= 0.0) & (rl_var >= 0.0) & (disagreement >= 0.0)
+    return sft_var, rl_var, disagreement, valid
+
+
+def closed_form_mu(
+    sft_var: Array, rl_var: Array, disagreement: Array, *, alpha: float, eps: float
+) -> Array:
+    """``mu_raw = (alpha D^2 + s_rl^2) / (D^2 + s_sft^2 + s_rl^2 + eps)`` (float32)."""
+    return (alpha * disagreement + rl_var) / (disagreement + sft_var + rl_var + eps)
+
+
+# --------------------------------------------------------------------------------------
+# The transformation.
+# --------------------------------------------------------------------------------------
+
+
+def gac(
+    *,
+    alpha: float = 0.5,
+    prior: optax.ScalarOrSchedule = chord_prior(),  # noqa: B008  (a pure function)
+    blend: float = 0.5,
+    ema: float = 0.99,
+    refresh_every: int = 10,
+    max_step: float = 0.01,
+    bounds: tuple[float, float] = (0.05, 0.90),
+    init: float = 0.5,
+    smoothing: str = "separate",
+    estimator: str = "gradient",
+    mode: str = "adaptive",
+    smooth: float = 0.99,
+    eps: float = 1e-8,
+    disagreement_cap: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """GAC: mix SFT and RL gradients with a noise-aware, prior-guided, bounded weight.
+
+    ``update({"sft": g_sft, "rl": g_rl}, state, params, gac_stats=GacStats(...))`` returns
+    ``(1 - mu_t) g_rl + mu_t g_sft`` (a tree of the parameters' structure, each leaf in the
+    dtype of ``g_sft``'s) and the new state; ``state.mu`` is ``mu_t``. Chain it first:
+    ``optax.chain(gac(...), optax.clip_by_global_norm(1.0), optax.adamw(lr))``.
+
+    Update ``t`` (``t = state.count``, 0 on the first call) runs, in this order:
+
+    1. **Statistics.** The measurement ``m = (s_sft^2, s_rl^2, D^2)`` (from ``gac_stats``, see
+       ``estimator``) is folded into an exponential moving average with coefficient ``ema``
+       only when a refresh is due: at the first update that brings valid statistics and then
+       whenever ``t - last_refresh >= refresh_every`` (so at t = 0, 10, 20, ... when statistics
+       come every step). Measurements on other steps are ignored. The EMA advances once per
+       *refresh*, so ``ema=0.99`` with ``refresh_every=10`` averages over about 100 refreshes
+       (about 1000 steps). It is bias-corrected as in Adam (``ema_hat = ema_n / (1 -
+       ema^n)`` after n refreshes), which also makes the first refresh's value the estimate.
+    2. **Closed form.** ``mu_raw = (alpha D^2 + s_rl^2) / (D^2 + s_sft^2 + s_rl^2 + eps)`` from
+       the EMA statistics (``D^2`` first capped at ``disagreement_cap * (s_sft^2 + s_rl^2)``
+       if given); ``mu_raw = 0.5`` while no statistics have arrived.
+    3. **Smoothing** (coefficient ``smooth``, every step):
+
+       - ``"separate"`` (default): ``mu_smooth_t = smooth mu_smooth_{t-1} + (1 - smooth)
+         mu_raw``, its own EMA started at ``init``: the noise estimate steers mu by up to
+         ``blend * |mu_raw - prior|`` (about ±0.2 with the defaults).
+       - ``"anchored"`` (the published code): ``mu_smooth_t = smooth mu_{t-1} + (1 - smooth)
+         mu_raw``, anchored on the previous *final* mu. Combined with step 4 the fixed point
+         is ``mu ~ 0.99 prior + 0.01 mu_raw``: mu tracks the prior and the estimate moves it
+         by under 0.01.
+    4. **Prior guidance.** ``mu_cand = (1 - blend) prior(t) + blend mu_smooth_t``.
+    5. **Bounded step, then bounds.** ``mu_t = clip(clip(mu_cand, mu_{t-1} - max_step,
+       mu_{t-1} + max_step), *bounds)``; ``mu_{-1} = init``.
+
+    The weight that multiplies this step's gradients is ``mu_t``, the one updated with this
+    step's statistics: the published description computes mu from the batch's statistics
+    and then forms ``(1 - mu_t) L_RL + mu_t L_SFT`` for the same batch. (For the ``gradient``
+    estimator the statistics need this step's gradients, which ``update`` holds.)
+
+    .. math::
+
+      \\mu_t = \\Pi_{[lo, hi]}\\Big(\\Pi_{[\\mu_{t-1} \\pm \\delta]}\\big((1 - \\lambda)
+        \\pi(t) + \\lambda \\bar\\mu_t\\big)\\Big), \\qquad
+      g_t = (1 - \\mu_t)\\, g_{rl} + \\mu_t\\, g_{sft}
+
+    Args:
+      alpha: the SFT share of the target ``alpha g_sft* + (1 - alpha) g_rl*``; ``mu_raw``
+        tends to it when the signals disagree strongly.
+      prior: an optax schedule ``step -> mu`` (or a constant), default :func:`chord_prior`.
+      blend: ``lambda``, the weight of the smoothed estimate against the prior.
+      ema: EMA coefficient of the statistics, per refresh.
+      refresh_every: steps between refreshes of the statistics.
+      max_step: the largest change of mu in one step.
+      bounds: ``(lo, hi)``, hard bounds on mu after the step cap.
+      init: ``mu_0``, and the start of the ``separate`` EMA; the constant of ``mode="fixed"``.
+      smoothing: ``"separate"`` or ``"anchored"`` (above).
+      estimator: ``"gradient"``: from K micro-batch gradients per branch; ``gac_stats`` holds
+        ``sft_sq_norm_sum``, ``rl_sq_norm_sum`` and ``num_microbatches`` (and
+        ``rl_num_microbatches`` if it differs), ``s^2 = (sum_k |g_k|^2 - K |g_mean|^2) / (K
+        (K - 1))`` with ``g_mean`` the tree passed in, ``D^2 = |g_sft - g_rl|^2 - s_sft^2 -
+        s_rl^2`` clamped at 0; needs K >= 2. ``"proxy"``: ``gac_stats`` holds ``sft_var``,
+        ``rl_var`` and ``disagreement`` from :func:`giftjax.optim.gac_proxy_stats`.
+      mode: ``"adaptive"`` (the controller above), ``"fixed"`` (``mu = init`` always) or
+        ``"prior"`` (``mu = prior(t)`` alone, without smoothing, cap or bounds: the CHORD
+        baseline). The baselines still track statistics, ``mu_raw`` and ``mu_smooth`` when
+        given ``gac_stats`` (what GAC would have chosen), at the cost of the reductions.
+      smooth: coefficient of the smoothing in step 3.
+      eps: added to the denominator of ``mu_raw``.
+      disagreement_cap: if given, ``D^2`` is capped at this multiple of ``s_sft^2 + s_rl^2``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Missing statistics (``gac_stats=None``,
+      K < 2, or a non-finite or negative value) skip the refresh: the EMA is held, and before
+      any refresh ``mu_raw = 0.5``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from giftjax import optim
+      >>> params = {"w": jnp.zeros(3)}
+      >>> tx = optax.chain(optim.gac(estimator="proxy"), optax.sgd(0.1))
+      >>> state = tx.init(params)
+      >>> grads = {"sft": {"w": jnp.ones(3)}, "rl": {"w": -jnp.ones(3)}}
+      >>> stats = optim.GacStats(sft_var=1.0, rl_var=3.0, disagreement=0.0)
+      >>> updates, state = tx.update(grads, state, params, gac_stats=stats)
+      >>> float(state[0].mu_raw), round(float(state[0].mu), 4)
+      (0.75, 0.49)
+
+    References:
+      GAC, arXiv:2605.26184, 2026 (the controller, the ``proxy`` estimator and the
+      ``anchored`` smoothing of its code); Zhang et al., `On-Policy RL Meets Off-Policy
+      Experts <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD, the prior).
+    """
+    _check_unit("alpha", alpha)
+    _check_unit("blend", blend)
+    _check_unit("ema", ema, upper_open=True)
+    _check_unit("smooth", smooth, upper_open=True)
+    _check_unit("init", init)
+    _check_choice("smoothing", smoothing, SMOOTHINGS)
+    _check_choice("estimator", estimator, ESTIMATORS)
+    _check_choice("mode", mode, MODES)
+    if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1:
+        raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}.")
+    if not isinstance(max_step, (int, float)) or isinstance(max_step, bool) or max_step <= 0:
+        raise ValueError(f"max_step must be a positive number, got {max_step!r}.")
+    if (
+        not isinstance(bounds, (tuple, list))
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not 0.0 <= bounds[0] <= bounds[1] <= 1.0
+    ):
+        raise ValueError(f"bounds must be (lo, hi) with 0 <= lo <= hi <= 1, got {bounds!r}.")
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}.")
+    if disagreement_cap is not None and (
+        not isinstance(disagreement_cap, (int, float)) or disagreement_cap < 0
+    ):
+        raise ValueError(
+            f"disagreement_cap must be None or a non-negative number, got {disagreement_cap!r}."
+        )
+    if callable(prior):
+        prior_fn: Callable[[Array], Array] = prior
+    elif isinstance(prior, (int, float)) and not isinstance(prior, bool) and 0 <= prior <= 1:
+        prior_fn = lambda step: jnp.full((), prior, jnp.float32)
+    else:
+        raise ValueError(
+            f"prior must be an optax schedule (step -> mu) or a number in [0, 1], got {prior!r}."
+        )
+    lo, hi = float(bounds[0]), float(bounds[1])
+
+    def init_fn(params: Any) -> GacState:
+        del params
+        f32 = lambda x: jnp.asarray(x, jnp.float32)
+        i32 = lambda x: jnp.asarray(x, jnp.int32)
+        return GacState(
+            count=i32(0),
+            mu=f32(init),
+            mu_raw=f32(0.5),
+            mu_smooth=f32(init),
+            sft_var=f32(0.0),
+            rl_var=f32(0.0),
+            disagreement=f32(0.0),
+            num_refreshes=i32(0),
+            last_refresh=i32(-1),
+            prior=jnp.asarray(prior_fn(jnp.zeros((), jnp.int32)), jnp.float32),
+        )
+
+    def update_fn(
+        updates: Any,
+        state: GacState,
+        params: Any = None,
+        *,
+        gac_stats: GacStats | None = None,
+        **extra_args: Any,
+    ) -> tuple[Any, GacState]:
+        del params, extra_args
+        g_sft, g_rl = _split_updates(updates)
+        _check_stats(gac_stats, estimator)
+        t = state.count
+
+        # 1. Statistics: fold a valid measurement into the EMA when a refresh is due.
+        sft_var, rl_var, disagreement = state.sft_var, state.rl_var, state.disagreement
+        num_refreshes, last_refresh = state.num_refreshes, state.last_refresh
+        if gac_stats is not None:
+            if estimator == "gradient":
+                m_sft, m_rl, m_d2, valid = _measure_gradient(g_sft, g_rl, gac_stats)
+            else:
+                m_sft, m_rl, m_d2, valid = _measure_proxy(gac_stats)
+            valid = valid & jnp.isfinite(m_sft) & jnp.isfinite(m_rl) & jnp.isfinite(m_d2)
+            due = (last_refresh < 0) | (t - last_refresh >= refresh_every)
+            refresh = valid & due
+            n_new = num_refreshes + 1
+            # Bias-corrected EMA, written as a gain: ema_hat_n = ema_hat_(n-1) + (1 - b) /
+            # (1 - b^n) (m - ema_hat_(n-1)), equal to (plain EMA from 0) / (1 - b^n). The gain
+            # is exactly 1 on the first refresh (ema_hat_1 = m) and tends to 1 - b.
+            gain = (1.0 - ema) / (1.0 - jnp.power(jnp.float32(ema), n_new.astype(jnp.float32)))
+            gain = jnp.where(n_new == 1, 1.0, gain)
+            fold = lambda old, m: old + gain * (m - old)
+            sft_var = jnp.where(refresh, fold(sft_var, m_sft), sft_var)
+            rl_var = jnp.where(refresh, fold(rl_var, m_rl), rl_var)
+            disagreement = jnp.where(refresh, fold(disagreement, m_d2), disagreement)
+            num_refreshes = jnp.where(refresh, n_new, num_refreshes)
+            last_refresh = jnp.where(refresh, t, last_refresh)
+
+        # 2. Closed form (0.5 until the first refresh).
+        d2 = disagreement
+        if disagreement_cap is not None:
+            d2 = jnp.minimum(d2, disagreement_cap * (sft_var + rl_var))
+        mu_raw = jnp.where(
+            num_refreshes > 0,
+            closed_form_mu(sft_var, rl_var, d2, alpha=alpha, eps=eps),
+            jnp.float32(0.5),
+        )
+
+        # 3. Smoothing.
+        anchor = state.mu_smooth if smoothing == "separate" else state.mu
+        mu_smooth = smooth * anchor + (1.0 - smooth) * mu_raw
+
+        # 4. Prior guidance; 5. bounded step, then hard bounds.
+        prior_t = jnp.asarray(prior_fn(t), jnp.float32)
+        if mode == "adaptive":
+            mu_cand = (1.0 - blend) * prior_t + blend * mu_smooth
+            mu = jnp.clip(mu_cand, state.mu - max_step, state.mu + max_step)
+            mu = jnp.clip(mu, lo, hi)
+        elif mode == "fixed":
+            mu = jnp.full((), init, jnp.float32)
+        else:
+            mu = prior_t
+
+        combined = jax.tree.map(
+            lambda s, r: ((1.0 - mu) * r.astype(jnp.float32) + mu * s.astype(jnp.float32)).astype(
+                s.dtype
+            ),
+            g_sft,
+            g_rl,
+        )
+        new_state = GacState(
+            count=(t + 1).astype(jnp.int32),
+            mu=mu.astype(jnp.float32),
+            mu_raw=mu_raw.astype(jnp.float32),
+            mu_smooth=mu_smooth.astype(jnp.float32),
+            sft_var=sft_var.astype(jnp.float32),
+            rl_var=rl_var.astype(jnp.float32),
+            disagreement=disagreement.astype(jnp.float32),
+            num_refreshes=num_refreshes.astype(jnp.int32),
+            last_refresh=last_refresh.astype(jnp.int32),
+            prior=prior_t,
+        )
+        return combined, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------
+# Logging.
+# --------------------------------------------------------------------------------------
+
+
+def find_gac_state(opt_state: Any) -> GacState:
+    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s)."""
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GacState))
+        if isinstance(s, GacState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected exactly one GacState in the optimiser state, found {len(found)}: "
+            "build the optimiser as optax.chain(optim.gac(...), ...)."
+        )
+    return found[0]
+
+
+def gac_metrics(opt_state: Any) -> dict[str, Array]:
+    """Scalars to log every step from a state holding a :class:`GacState`.
+
+    Returns ``gac/mu`` (the weight applied at the last update), ``gac/mu_raw``,
+    ``gac/mu_smooth``, ``gac/prior``, ``gac/sft_var``, ``gac/rl_var``, ``gac/disagreement``
+    (the EMA statistics) and ``gac/num_refreshes``.
+    """
+    s = find_gac_state(opt_state)
+    return {
+        "gac/mu": s.mu,
+        "gac/mu_raw": s.mu_raw,
+        "gac/mu_smooth": s.mu_smooth,
+        "gac/prior": s.prior,
+        "gac/sft_var": s.sft_var,
+        "gac/rl_var": s.rl_var,
+        "gac/disagreement": s.disagreement,
+        "gac/num_refreshes": s.num_refreshes,
+    }
