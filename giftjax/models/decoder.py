@@ -223,8 +223,8 @@ class Decoder(nnx.Module):
         policy = self.config.remat
         constrain = self._constrain if self.activation_sharding is not None else no_constraint
 
-        def layer(block, x, kv, i):
-            return block(x, cos, sin, attn_mask, kv, index, constrain, i)
+        def layer(block, x, kv, i, layer_cache=None):
+            return block(x, cos, sin, attn_mask, kv, index, constrain, i, layer_cache)
 
         if policy != "none":
             layer = nnx.remat(layer, policy=_REMAT_POLICIES[policy], prevent_cse=False)
@@ -236,6 +236,9 @@ class Decoder(nnx.Module):
                 kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
             return x, kv, i + 1
 
+        if kv is not None and x.shape[1] == 1:
+            return self._run_layers_decode(layer, x, kv, index, constrain)
+
         scan = nnx.scan(
             body,
             in_axes=(nnx.Carry, 0),
@@ -244,4 +247,34 @@ class Decoder(nnx.Module):
             graph=False,
         )
         x, kv, _ = scan((x, kv, jnp.zeros((), jnp.int32)), self.layers)
+        return x, kv
+
+    def _run_layers_decode(self, layer, x, kv, index, constrain):
+        """One decode token (T = 1) through the layers, then its keys/values into the cache.
+
+        Each layer's [B, S, K, H] cache goes in as a scan input (read only: the cache as it was
+        before this step) and the token's key/value [B, 1, K, H] come out as scan outputs; one
+        dynamic_update_slice per stacked cache then writes the [L, B, 1, K, H] slot, in place
+        inside the sampler's while_loop. (Carrying the stacked cache through the scan and
+        writing it per layer, then reading the layer back, made XLA copy whole caches every
+        step, and dot_product_attention transposed each layer's cache: decode time grew with
+        S.) Unrolling the layers instead of scanning brought the whole-cache copies back.
+        """
+        ck, cv = kv  # [L, B, S, K, H]
+
+        def body(x, block, k_l, v_l):
+            return layer(block, x, None, 0, (k_l, v_l))  # x, (k, v) [B, 1, K, H]
+
+        scan = nnx.scan(
+            body,
+            in_axes=(nnx.Carry, 0, 0, 0),
+            out_axes=(nnx.Carry, 0),
+            transform_metadata=_LAYERS,
+            graph=False,
+        )
+        x, (k_new, v_new) = scan(x, self.layers, ck, cv)  # [L, B, 1, K, H] each
+        start = (0, 0, index, 0, 0)
+        ck = jax.lax.dynamic_update_slice(ck, k_new, start)
+        cv = jax.lax.dynamic_update_slice(cv, v_new, start)
+        kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in (ck, cv))
         return x, kv

@@ -126,6 +126,75 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+def decode_attention(
+    q: jax.Array,
+    k_new: jax.Array,
+    v_new: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    mask: jax.Array,
+    index: jax.Array,
+    scale: float,
+) -> jax.Array:
+    """Grouped-query attention of ONE new token per row over the cache and itself, no matmuls.
+
+    `softmax_s(scale q.k_s) v_s` over the allowed slots s, per row and query head, query head
+    n reading kv head `n // (N/K)` (GQA, Ainslie et al. 2023), in float32. The slots are the S
+    slots of the cache *before* this token is written (slot `index` excluded) plus the token's
+    own key and value, so the caller writes the new key/value into the stacked cache after the
+    reads, and XLA updates the cache in place (reading the just-written buffer back made XLA
+    copy the whole [L, B, S, K, H] cache every layer). Scores and the weighted sum are
+    broadcast multiplies and reductions over the cache's own [B, S, K, H] layout instead of
+    `dot_product_attention`, whose batched matmuls want [B, K, S, H] and made XLA transpose
+    every layer's cache every step. A decode step then reads each cache slot once.
+
+    Args:
+      q: [B, 1, N, H] query (after RoPE).
+      k_new, v_new: [B, 1, K, H] this token's key (after RoPE) and value.
+      k_cache, v_cache: [B, S, K, H] this layer's cache before the write (a slice of the
+        stacked cache is fine: XLA fuses the slice into the reductions).
+      mask: [B, 1, 1, S] bool, True where the query may attend the slot (slot `index` is the
+        new token itself). A row with no allowed slot gets a uniform average over all slots,
+        as `jax.nn.dot_product_attention` does.
+      index: () int32, the slot the new token goes to.
+      scale: multiplies the scores (H^-1/2).
+
+    Returns:
+      [B, 1, N, H] in q's dtype.
+    """
+    b, t, n, h = q.shape
+    s, kh = k_cache.shape[1], k_cache.shape[2]
+    if t != 1:
+        raise ValueError(f"decode_attention takes one query token; received q shape {q.shape}.")
+    f32 = jnp.float32
+    qg = q.reshape(b, 1, kh, n // kh, h).astype(f32)  # [B, 1, K, G, H]
+    k_new = k_new.astype(f32)[:, :, :, None, :]  # [B, 1, K, 1, H]
+    v_new = v_new.astype(f32)[:, :, :, None, :]
+    neg = jnp.finfo(f32).min
+    keep = mask[:, 0, 0, :] & (jnp.arange(s) != index)[None]  # [B, S]: old slots only
+    keep_self = jax.lax.dynamic_index_in_dim(mask[:, 0, 0, :], index, axis=1)  # [B, 1]
+    # Block-diagonal queries [B, K*H, K*G] (zero off the own-kv-head blocks), so that both
+    # products are plain batched matmuls over the cache's [B, S, K*H] rows (no transpose).
+    g = n // kh
+    eye = jnp.eye(kh, dtype=f32)
+    q_bd = jnp.einsum("bkgh,kj->bkhjg", qg[:, 0], eye).reshape(b, kh * h, kh * g)
+    kc = k_cache.reshape(b, s, kh * h).astype(f32)
+    scores = jnp.einsum("bsx,bxy->bsy", kc, q_bd).reshape(b, s, kh, g) * scale  # [B, S, K, G]
+    scores = jnp.where(keep[:, :, None, None], scores, neg)
+    self_score = jnp.sum(qg * k_new, axis=-1) * scale  # [B, 1, K, G]
+    self_score = jnp.where(keep_self[:, :, None, None], self_score, neg)
+    top = jnp.maximum(jnp.max(scores, axis=1, keepdims=True), self_score)  # [B, 1, K, G]
+    w = jnp.exp(scores - top)  # [B, S, K, G]
+    w_self = jnp.exp(self_score - top)  # [B, 1, K, G]
+    denom = jnp.sum(w, axis=1, keepdims=True) + w_self  # [B, 1, K, G]
+    probs, p_self = w / denom, w_self / denom  # softmax over the S old slots and the token
+    vc = v_cache.reshape(b, s, kh * h).astype(f32)
+    out = jnp.einsum("bsy,bsx->byx", probs.reshape(b, s, kh * g), vc)  # [B, K*G, K*H]
+    out = jnp.einsum("bkgjh,kj->bkgh", out.reshape(b, kh, g, kh, h), eye)[:, None]
+    out = out + p_self[..., None] * v_new  # [B, 1, K, G, H]
+    return out.reshape(b, 1, n, h).astype(q.dtype)
+
+
 class Attention(nnx.Module):
     """Grouped-query self-attention with RoPE, optional q/k/v/o bias and q/k RMSNorm.
 
@@ -163,6 +232,7 @@ class Attention(nnx.Module):
         index: jax.Array | None = None,
         constrain: Constrain = no_constraint,
         layer: jax.Array | int = 0,
+        layer_cache: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attention of x over itself, or over the cache after writing x's keys into it.
 
@@ -175,6 +245,11 @@ class Attention(nnx.Module):
             all S slots of that layer.
           index: () int32 slot of x's first token (with cache only).
           layer: () int32 index of this layer in the cache.
+          layer_cache: optional (k, v), each [B, S, K, H]: this layer's cache BEFORE this
+            call, for a one-token decode step (T = 1; `cache` is then None). Attention runs
+            over its slots other than `index` plus x's own key/value (`decode_attention`),
+            and the returned pair is x's (key, value), each [B, 1, K, H], for the caller to
+            write at slot `index`.
           constrain: applies a sharding constraint by logical names to an activation.
 
         Returns:
@@ -197,7 +272,13 @@ class Attention(nnx.Module):
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         new_cache = None
-        if cache is not None:
+        if layer_cache is not None:
+            # Decode: attend over this layer's cache as it was plus the new token; the caller
+            # writes (k, v) into the stacked cache after all layers (in place, one slot).
+            k_old, v_old = layer_cache  # [B, S, K, H] each
+            out = decode_attention(q, k, v, k_old, v_old, mask, index, c.head_dim**-0.5)
+            new_cache = (k.astype(k_old.dtype), v.astype(v_old.dtype))  # [B, 1, K, H]
+        elif cache is not None:
             # Write only this call's T slots into the stacked [L, B, S, K, H] cache (in place
             # inside a loop), then read this layer's [B, S, K, H] back.
             ck, cv = cache
@@ -209,7 +290,8 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
             k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))  # [B, S, K, H]
             v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim**-0.5)
+        if layer_cache is None:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim**-0.5)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))  # [B, T, N, H]
         y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))  # [B, T, D]
         if c.o_bias:
@@ -262,9 +344,23 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(d, eps, ("embed",), param_dtype=pd, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None, index=None, constrain=no_constraint, layer=0):
-        """x [B, T, D] -> ([B, T, D], updated cache or None); arguments as in Attention."""
-        h, cache = self.attn(self.input_norm(x), cos, sin, mask, cache, index, constrain, layer)
+    def __call__(
+        self,
+        x,
+        cos,
+        sin,
+        mask,
+        cache=None,
+        index=None,
+        constrain=no_constraint,
+        layer=0,
+        layer_cache=None,
+    ):
+        """x [B, T, D] -> ([B, T, D], updated cache, new (k, v) or None); arguments as in
+        Attention."""
+        h, cache = self.attn(
+            self.input_norm(x), cos, sin, mask, cache, index, constrain, layer, layer_cache
+        )
         x = constrain(x + h, ("batch", "length", None))
         x = x + self.mlp(self.post_attn_norm(x), constrain)
         return constrain(x, ("batch", "length", None)), cache
