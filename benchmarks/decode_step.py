@@ -24,7 +24,7 @@ from flax import nnx
 from giftjax.models import Decoder, ModelConfig
 
 
-def build(batch: int) -> Decoder:
+def build() -> Decoder:
     config = ModelConfig(
         family="qwen2",
         vocab_size=4096,
@@ -38,7 +38,6 @@ def build(batch: int) -> Decoder:
         tie_word_embeddings=False,
         dtype="float32",
     )
-    del batch
     return Decoder(config, rngs=nnx.Rngs(0))
 
 
@@ -50,7 +49,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="decode steps per timed call")
     parser.add_argument("--hlo", default=None)
     args = parser.parse_args()
-    model = build(args.batch)
+    model = build()
     graphdef, state = nnx.split(model)
     b = args.batch
 
