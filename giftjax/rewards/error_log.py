@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from giftjax.rewards.call import Call, Outcome, truncate
 
 TEXT_CHARS = 10000  # prompts, completions and string column values are truncated to this
@@ -15,6 +17,8 @@ TEXT_CHARS = 10000  # prompts, completions and string column values are truncate
 
 def _jsonable(value: Any) -> Any:
     """Returns a column value as JSON: strings truncated, other non-JSON values as their repr."""
+    if isinstance(value, np.generic):  # NumPy scalars from array columns
+        value = value.item()
     if isinstance(value, str):
         return truncate(value, TEXT_CHARS)
     try:

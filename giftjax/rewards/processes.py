@@ -29,7 +29,7 @@ from giftjax.rewards.call import RAISED, Call, Outcome, call_reward, failure
 
 START_METHODS = ("forkserver", "spawn")
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then (imports hang) is an error
-_STOP_TIMEOUT_S = 2.0  # close(): how long workers get to exit before they are killed
+_STOP_TIMEOUT_S = 2.0  # how long a stopping worker gets to exit, and a killed one to be reaped
 
 
 def default_start_method() -> str:
@@ -149,7 +149,7 @@ class ProcessPool:
         """Kills ``worker`` (SIGKILL), reaps it and forgets it."""
         w = self._workers.pop(worker)
         w.process.kill()
-        w.process.join()
+        w.process.join(_STOP_TIMEOUT_S)  # bounded: a process stuck in the kernel is left behind
         w.conn.close()
 
     def pids(self) -> list[int]:
