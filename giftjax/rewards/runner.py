@@ -46,7 +46,10 @@ class RewardRunner:
       - ``"process"``: calls run in a persistent pool of worker processes (started with
         "forkserver" or "spawn", never "fork"); a late worker is killed and replaced. Workers
         look functions up by registered name, so every reward must be registered at module
-        level of an importable module (the workers import it).
+        level of an importable module (the workers import it). As with any multiprocessing
+        code, a script must guard its entry point with ``if __name__ == "__main__":``: the
+        workers import the main module (once per worker with "spawn", once in all with
+        "forkserver"), which is most of their start-up time when it imports JAX.
 
     Example::
 
