@@ -15,6 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from giftjax.runtime import quiet_accelerator_probes
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -23,28 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints are written.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def quiet_accelerator_probes() -> None:
-    """Keep a CPU run free of libtpu's start-up noise.
-
-    With libtpu installed (the test extra) on a machine without a TPU, JAX's TPU backend
-    probe prints initialisation errors before a CPU run starts. Unless the user chose a
-    platform, pick the CPU when no TPU device files exist, and stop libtpu from querying
-    the cloud metadata server.
-    """
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    if "JAX_PLATFORMS" not in os.environ and not _has_tpu() and not _has_gpu():
-        os.environ["JAX_PLATFORMS"] = "cpu"
-
-
-def _has_tpu() -> bool:
-    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
-
-
-def _has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
 
 
 def main(argv: list[str]) -> None:
