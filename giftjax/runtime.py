@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 
 def has_tpu() -> bool:
@@ -27,8 +28,12 @@ def has_gpu() -> bool:
 def quiet_accelerator_probes() -> None:
     """Set the environment so a CPU-only machine starts JAX without TPU probe errors.
 
-    Must run before JAX is imported.
+    Call it before JAX's first computation (JAX reads ``JAX_PLATFORMS`` when it is imported;
+    if it already is, the same setting goes through ``jax.config``).
     """
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    if "JAX_PLATFORMS" not in os.environ and not has_tpu() and not has_gpu():
-        os.environ["JAX_PLATFORMS"] = "cpu"
+    if "JAX_PLATFORMS" in os.environ or has_tpu() or has_gpu():
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
