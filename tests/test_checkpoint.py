@@ -145,6 +145,28 @@ def test_data_state_round_trip(tmp_path, data_state):
     assert type(restored) is type(data_state)
 
 
+@pytest.mark.parametrize("kind", ["dataset_iterator", "data_loader"])
+def test_grain_iterator_resumes_where_it_was(tmp_path, kind):
+    grain = pytest.importorskip("grain", reason="grain is in the [data] extra")
+    if kind == "dataset_iterator":  # get_state() -> dict
+        make = lambda: iter(grain.MapDataset.range(20).shuffle(seed=3).to_iter_dataset())
+    else:  # get_state() -> bytes
+        sampler = grain.samplers.IndexSampler(20, shuffle=True, seed=3, num_epochs=1)
+        make = lambda: iter(
+            grain.DataLoader(data_source=list(range(20)), sampler=sampler, worker_count=0)
+        )
+    it = make()
+    for _ in range(5):
+        next(it)
+    with Checkpointer(str(tmp_path), every=1, keep=1, async_save=False) as ckpt:
+        ckpt.save(5, {"x": jnp.zeros(1)}, data_state=it.get_state())
+        _, data_state = ckpt.restore(5, {"x": jax.ShapeDtypeStruct((1,), jnp.float32)})
+    expected = [int(next(it)) for _ in range(5)]
+    resumed = make()
+    resumed.set_state(data_state)
+    assert [int(next(resumed)) for _ in range(5)] == expected
+
+
 def test_data_state_not_json_is_refused(tmp_path):
     with Checkpointer(str(tmp_path), every=1, keep=1, async_save=False) as ckpt:
         with pytest.raises(TypeError, match="data_state must be JSON-serialisable"):
