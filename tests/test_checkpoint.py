@@ -273,6 +273,7 @@ def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     with Checkpointer(directory, every=1, keep=5) as ckpt:
         latest = ckpt.latest_step()
         assert latest in (1, 2)  # step 2 if its write happened to finish before the kill

@@ -18,7 +18,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _png_size(path):
     """(width, height) from the PNG header; asserts the file is a PNG."""
-    data = open(path, "rb").read(24)
+    with open(path, "rb") as f:
+        data = f.read(24)
     assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
 
