@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "safetensors>=0.4",
     "transformers>=4.50,<6",
+    # The trainer's outputs (giftjax.train.metrics, giftjax.plot): TensorBoard event files
+    # without TensorFlow, the progress bar, and the reward/loss PNG.
+    "tensorboardX>=2.6",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
 ]
 
 EXTRAS = {
