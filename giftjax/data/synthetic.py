@@ -199,7 +199,9 @@ def score(completion: str, answer: str) -> float:
     c = completion.strip()
     fmt = 1.0 if _DIGITS.fullmatch(c) else 0.0
     matches = sum(x == y for x, y in zip(c, answer, strict=False))
-    return 0.1 * fmt + 0.9 * matches / max(len(c), len(answer))
+    # (fmt + 9 m / n) / 10 rather than 0.1 fmt + 0.9 m / n: exactly 1.0 when m == n and fmt == 1
+    # (0.1 + 0.9 rounds to 0.9999999999999999), so "score == 1" counts exact answers.
+    return (fmt + 9.0 * matches / max(len(c), len(answer))) / 10.0
 
 
 def synthetic_reward(
