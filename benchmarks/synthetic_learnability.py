@@ -6,13 +6,23 @@ batch 32); after 0/25/50/100/200 steps the mean `score` of greedy and of tempera
 (G samples per prompt) is measured on fixed train and held-out prompts, with the mean
 within-group standard deviation of the sampled scores (RL's signal) and the wall time.
 
-    .venv/bin/python benchmarks/synthetic_learnability.py --kinds reverse add --lr 3e-3
+    .venv/bin/python benchmarks/synthetic_learnability.py --seeds 0 1 \
+        --out benchmarks/results/synthetic_learnability.md
+
+Columns: `loss` is the last SFT batch's loss (nan before any step); `greedy` and `sampled` are mean
+scores (`giftjax.data.score`, partial credit in [0, 1]) on 64 fixed prompts of the split;
+`group std` is the mean over prompts of the standard deviation of the G = 8 temperature-1
+scores of one prompt (RL's signal); `exact` is the share of greedy answers scoring 1; `sft s`
+is the time spent in SFT steps so far (the first step's compile included); `wall s` is the time
+since the kind started (evaluation and its compiles included).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -39,6 +49,7 @@ from giftjax.models import Decoder
 from giftjax.models.presets import get_preset
 
 MAX_PROMPT, MAX_RESPONSE = 12, 8
+COLUMNS = __doc__.split("Columns: ")[1].strip()
 
 
 def make_model(seed: int) -> Decoder:
@@ -119,7 +130,7 @@ def run(kind: str, args) -> list[dict]:
     for s in range(checkpoints[-1] + 1):
         if s in checkpoints:
             model = nnx.merge(graphdef, state)
-            row = {"kind": kind, "step": s, "loss": loss, "train_s": train_s}
+            row = {"kind": kind, "seed": args.seed, "step": s, "loss": loss, "train_s": train_s}
             for split, items in evals.items():
                 key = jax.random.key(1000 + s)
                 for k, v in evaluate(model, tok, items, key=key, num_samples=args.g).items():
@@ -146,16 +157,17 @@ def run(kind: str, args) -> list[dict]:
 
 
 HEADER = (
-    "| kind | step | loss | train greedy | train sampled | train group std | heldout greedy "
-    "| heldout sampled | train exact (greedy) | wall s |"
+    "| kind | seed | step | loss | train greedy | train sampled | train group std | train exact "
+    "| heldout greedy | heldout sampled | sft s | wall s |"
 )
 
 
 def format_row(r: dict) -> str:
     return (
-        f"| {r['kind']} | {r['step']} | {r['loss']:.3f} | {r['train/greedy']:.3f} | "
-        f"{r['train/sampled']:.3f} | {r['train/group_std']:.3f} | {r['heldout/greedy']:.3f} | "
-        f"{r['heldout/sampled']:.3f} | {r['train/greedy_exact']:.3f} | {r['wall_s']:.1f} |"
+        f"| {r['kind']} | {r['seed']} | {r['step']} | {r['loss']:.3f} | {r['train/greedy']:.3f} | "
+        f"{r['train/sampled']:.3f} | {r['train/group_std']:.3f} | "
+        f"{r['train/greedy_exact']:.3f} | {r['heldout/greedy']:.3f} | "
+        f"{r['heldout/sampled']:.3f} | {r['train_s']:.1f} | {r['wall_s']:.1f} |"
     )
 
 
@@ -167,13 +179,41 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--g", type=int, default=8, help="samples per prompt at temperature 1")
     p.add_argument("--eval-prompts", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", help="also write the table to this markdown file")
     args = p.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; lr {args.lr}, batch {args.batch}")
+    head = (
+        f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs), "
+        f"Python {platform.python_version()}; adam lr {args.lr}, batch {args.batch}, "
+        f"G = {args.g}, {args.eval_prompts} eval prompts per split"
+    )
+    print(head)
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
-    for kind in args.kinds:
-        run(kind, args)
+    rows = []
+    for seed in args.seeds:
+        args.seed = seed
+        for kind in args.kinds:
+            rows += run(kind, args)
+    if args.out:
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines = [
+            "# SFT learnability of the synthetic tasks (tiny decoder)",
+            "",
+            f"Written by `benchmarks/synthetic_learnability.py` on {when}: {head}.",
+            "",
+            "Model: the `tiny` preset (2 layers, width 64) with vocab_size = "
+            f"{SYNTHETIC_VOCAB_SIZE}; teacher-forced cross-entropy on the response tokens.",
+            "",
+            "Columns: " + " ".join(COLUMNS.split()),
+            "",
+            HEADER,
+            "|---" * (HEADER.count("|") - 1) + "|",
+            *(format_row(r) for r in rows),
+            "",
+        ]
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines))
 
 
 if __name__ == "__main__":
