@@ -19,6 +19,12 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "safetensors>=0.4",
     "transformers>=4.50,<6",
+    "grain>=0.2.18",  # giftjax.data's input pipelines (MapDataset, checkpointable iterators)
+    # The trainer's outputs (giftjax.train.metrics, giftjax.plot): TensorBoard event files
+    # without TensorFlow, the progress bar, and the reward/loss PNG.
+    "tensorboardX>=2.6",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
 ]
 
 EXTRAS = {
@@ -35,7 +41,7 @@ EXTRAS = {
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
-    "data": ["grain>=0.2", "tensorflow-datasets>=4.9"],
+    "data": ["tensorflow-datasets>=4.9"],
 }
 
 setup(

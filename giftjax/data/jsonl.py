@@ -1,0 +1,123 @@
+"""A random-access source over a JSON Lines file (one JSON object per line).
+
+The whole file is read and checked when the source is built, so a bad row stops a run at start
+with the file and line named, not hours later. Each record becomes
+`{"prompt": str, "answer": str, <extra fields>...}` whatever the file's field names are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["JsonlSource"]
+
+
+class JsonlSource(Sequence):
+    """Random access over the records of a JSONL file (grain's source protocol).
+
+    Blank lines are skipped; every other line must be a JSON object holding the prompt field
+    (a non-empty string), the answer field (a string or a number, returned as a string) and
+    every extra field (returned as stored).
+
+    Args:
+      path: the JSONL file (config key `data.path`).
+      prompt_field: the field holding the prompt text (`data.prompt_field`).
+      answer_field: the field holding the reference answer (`data.answer_field`); None reads
+        no answer.
+      extra_fields: more fields to copy into each record (e.g. an id or a difficulty).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: invalid JSON, a line that is not an object, a missing field, an empty or
+        non-string prompt, an answer that is neither a string nor a number, or no record at
+        all; the message names the file and the 1-based line.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        prompt_field: str = "prompt",
+        answer_field: str | None = "answer",
+        extra_fields: Sequence[str] = (),
+    ):
+        self.path = os.fspath(path)
+        if isinstance(extra_fields, str):
+            raise TypeError(
+                f"extra_fields must be a sequence of field names; received {extra_fields!r}."
+            )
+        self.prompt_field, self.answer_field = prompt_field, answer_field
+        self.extra_fields = tuple(extra_fields)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(
+                f"JSONL file {self.path!r} not found (set its path with the config key data.path)."
+            )
+        self._records: list[dict[str, Any]] = []
+        with open(self.path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    self._records.append(self._parse(line, line_no))
+        if not self._records:
+            raise ValueError(f"{self.path}: no records (the file is empty or only blank lines).")
+
+    def _where(self, line_no: int) -> str:
+        return f"{self.path}, line {line_no}"
+
+    def _parse(self, line: str, line_no: int) -> dict[str, Any]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{self._where(line_no)}: invalid JSON ({e.msg} at column {e.colno})."
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{self._where(line_no)}: expected a JSON object; found {type(row).__name__}."
+            )
+        wanted = [
+            self.prompt_field,
+            *([self.answer_field] if self.answer_field else []),
+            *self.extra_fields,
+        ]
+        missing = [k for k in wanted if k not in row]
+        if missing:
+            raise ValueError(
+                f"{self._where(line_no)}: missing field(s) {missing}; the row has {sorted(row)} "
+                "(choose the fields with data.prompt_field / data.answer_field)."
+            )
+        prompt = row[self.prompt_field]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(
+                f"{self._where(line_no)}: prompt field {self.prompt_field!r} must be a non-empty "
+                f"string; found {prompt!r}."
+            )
+        record = {"prompt": prompt}
+        if self.answer_field:
+            answer = row[self.answer_field]
+            if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+                raise ValueError(
+                    f"{self._where(line_no)}: answer field {self.answer_field!r} must be a "
+                    f"string or a number; found {type(answer).__name__}."
+                )
+            record["answer"] = answer if isinstance(answer, str) else str(answer)
+        for k in self.extra_fields:
+            record[k] = row[k]
+        return record
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [dict(r) for r in self._records[index]]
+        return dict(self._records[index])
+
+    def __repr__(self) -> str:
+        return (
+            f"JsonlSource({self.path!r}, prompt_field={self.prompt_field!r}, "
+            f"answer_field={self.answer_field!r}, extra_fields={self.extra_fields}, "
+            f"rows={len(self)})"
+        )

@@ -1,0 +1,69 @@
+"""Build a data source from the `data` section of a config.
+
+Keys read (others are ignored here; the trainer validates the whole config):
+
+- `data.source`: "synthetic" or "jsonl".
+- synthetic: `data.kind` (a name in `giftjax.data.KINDS`), `data.train_size`,
+  `data.eval_size`; the eval split is the task's held-out split.
+- jsonl: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
+  "prompt"), `data.answer_field` (default "answer").
+
+`data.template` is not read here: the prompt text is rendered later (`render_prompt`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from giftjax.data.jsonl import JsonlSource
+from giftjax.data.synthetic import SyntheticTask
+
+__all__ = ["SOURCES", "get_source"]
+
+SOURCES = ("synthetic", "jsonl")
+_SPLITS = ("train", "eval")
+
+
+def _get(config_data: Any, key: str, default: Any = ..., *, needed_by: str = "") -> Any:
+    """config_data[key] for a dict or an ml_collections ConfigDict (None counts as unset); a
+    missing required key is an error naming `data.<key>`."""
+    getter = getattr(config_data, "get", None)
+    value = getter(key, None) if callable(getter) else getattr(config_data, key, None)
+    if value is None:
+        if default is ...:
+            raise ValueError(f"data.{key} is not set; it is required{needed_by}.")
+        return default
+    return value
+
+
+def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
+    """The random-access source of one split described by a config's `data` section.
+
+    Args:
+      config_data: the `data` section (a ConfigDict or a dict), keys in the module docstring.
+      split: "train" or "eval".
+      seed: the synthetic task's seed (usually the config's top-level `seed`).
+
+    Returns:
+      A `SyntheticTask` or a `JsonlSource` yielding `{"prompt", "answer", ...}` records.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {_SPLITS}.")
+    source = _get(config_data, "source", needed_by=f" (one of {SOURCES})")
+    needed_by = f" by data.source={source!r} (split {split!r})"
+    if source == "synthetic":
+        size_key = "train_size" if split == "train" else "eval_size"
+        return SyntheticTask(
+            kind=_get(config_data, "kind", needed_by=needed_by),
+            split="train" if split == "train" else "heldout",
+            size=_get(config_data, size_key, needed_by=needed_by),
+            seed=seed,
+        )
+    if source == "jsonl":
+        path = _get(config_data, "path" if split == "train" else "eval_path", needed_by=needed_by)
+        return JsonlSource(
+            path,
+            prompt_field=_get(config_data, "prompt_field", "prompt"),
+            answer_field=_get(config_data, "answer_field", "answer"),
+        )
+    raise ValueError(f"data.source={source!r}; expected one of {SOURCES}.")
