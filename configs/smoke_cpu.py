@@ -4,8 +4,9 @@ The README's main command:
 
   python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke
 
-A 2-layer, width-64 decoder learns the synthetic arithmetic task: a short SFT warm-up on the
-task's demonstrations teaches the answer format (the reward then starts between 0 and 1), then
+A 2-layer, width-64 decoder learns the synthetic task (reverse a digit string; the held-out
+split has longer strings): 50 SFT warm-up steps on the task's demonstrations teach the answer
+format (the partial-credit reward then starts near 0.3), then 200 steps of
 GIFT with the rollout policy pi_old as reference and 4 updates per rollout batch (as the GIFT
 authors' code takes; with one update and pi_old every update is GIFT's degenerate case)
 raises the reward. Variants: ``configs/smoke_cpu.py:short`` (the test suite's shorter run).
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.tokenizer = "synthetic"
 
     c.data.source = "synthetic"
-    c.data.kind = "add"
+    c.data.kind = "reverse"
     c.data.max_prompt_len = 16
     c.data.max_response_len = 8
     c.data.eval_size = 64
@@ -47,20 +48,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.learning_rate = 3e-3
     c.optim.clip_norm = 1.0
 
-    c.train.warmup_sft_steps = 30
-    c.train.steps = 60
+    c.train.warmup_sft_steps = 50
+    c.train.steps = 200
     c.train.updates_per_rollout = 4
     c.train.micro_batches = 1
 
-    c.checkpoint.every = 20
+    c.checkpoint.every = 50
     c.log.every = 1
-    c.eval.every = 30
+    c.eval.every = 50
     c.eval.num_samples = 4
 
     if arg == "short":
-        c.train.warmup_sft_steps = 10
-        c.train.steps = 12
-        c.checkpoint.every = 5
+        c.train.steps = 40
+        c.checkpoint.every = 10
         c.eval.every = 0
         c.data.eval_size = 16
         c.log.progress = False

@@ -13,6 +13,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from giftjax.runtime import quiet_accelerator_probes
@@ -31,6 +32,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.getLogger("giftjax").setLevel(logging.INFO)
+    # orbax and grain log every checkpoint step at INFO through absl: keep the console for
+    # the progress bar and warnings (--verbosity=0 brings them back).
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
     from giftjax.train import loop
     from giftjax.train.config import ConfigError
 

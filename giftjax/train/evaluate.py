@@ -34,6 +34,23 @@ from giftjax.train import rollout as rollout_lib
 FULL_REWARD = 1.0 - 1e-6  # a response "passes" when its total reward reaches 1
 
 
+def sources(config_data: ml_collections.ConfigDict, *, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The training source and the evaluation sources (name -> random-access rows).
+
+    The synthetic task is evaluated on its ``train`` range and on its ``heldout`` range (drawn
+    from a disjoint range, so the gap measures generalisation); a JSONL source on
+    ``data.eval_path`` when it is set (``heldout``).
+    """
+    train = data_lib.get_source(config_data, split="train", seed=seed)
+    evals: dict[str, Any] = {}
+    if config_data.source == "synthetic":
+        evals["train"] = train
+        evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
+    elif config_data.eval_path:
+        evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
+    return train, evals
+
+
 def _score(
     model,
     rows: Sequence[Mapping[str, Any]],

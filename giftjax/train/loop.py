@@ -86,7 +86,7 @@ class Trainer:
         self.mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
         self.rules = sharding_lib.get_rules(c.mesh.rules)
         self.tokenizer = load_tokenizer(c)
-        self.train_source, self.eval_sources = data_lib.get_sources(c.data, seed=c.seed)
+        self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
 
         vocab = len(self.tokenizer)
         model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
@@ -154,13 +154,15 @@ class Trainer:
             async_save=c.checkpoint.async_save,
         )
         ckpt_lib.check_config(workdir, config_lib.to_dict(c))
-        self.data = data_lib.prompt_dataset(
-            self.train_source,
-            batch_size=c.rollout.prompts_per_step,
-            seed=c.seed,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-        ).__iter__()
+        self.data = data_lib.prompt_iterator(
+            data_lib.prompt_dataset(
+                self.train_source,
+                batch_size=c.rollout.prompts_per_step,
+                seed=c.seed,
+                shard_index=jax.process_index(),
+                shard_count=jax.process_count(),
+            )
+        )
         self.start_step = 0
         latest = self.checkpointer.latest_step()
         if latest is not None:
@@ -215,7 +217,7 @@ class Trainer:
         with ckpt_lib.StopSignal() as stop:
             for step in range(self.start_step, self.total_steps):
                 t0 = time.perf_counter()
-                rows = next(self.data)
+                rows = _records(next(self.data))
                 key = jax.random.fold_in(self.base_key, step)
                 if step < self.warmup:
                     metrics = self._warmup_step(rows)
@@ -404,6 +406,12 @@ class Trainer:
 
 
 _advantages = jax.jit(losses.group_advantages, static_argnames=("group_size", "method"))
+
+
+def _records(batch: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """A collated batch ``{field: [values]}`` as one dict per row."""
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

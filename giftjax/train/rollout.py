@@ -163,11 +163,11 @@ def demonstration_batch(
     tokenizer: Any,
     config: ml_collections.ConfigDict,
     mesh: Mesh,
-    response_field: str = "demonstration",
 ) -> dict[str, jax.Array]:
     """Teacher-forcing rows ``tokens``, ``attn_mask`` [P, Tp+Mr] and ``resp_mask`` [P, Mr]
     (Mr = ``data.max_response_len``) from each row's prompt and demonstration."""
     texts = render_prompts(tokenizer, rows, config)
+    response_field = config.data.demonstration_field or "demonstration"
     responses = []
     for i, row in enumerate(rows):
         resp = row.get(response_field)
