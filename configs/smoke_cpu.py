@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.warmup_sft_steps = 50
     c.train.steps = 200
     c.train.updates_per_rollout = 4
-    c.train.micro_batches = 1
+    c.train.micro_batches = 2  # exact accumulation; hybrid's noise estimate needs >= 2
 
     c.checkpoint.every = 50
     c.log.every = 1

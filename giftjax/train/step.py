@@ -200,8 +200,8 @@ def _apply(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "grad/norm": optax.global_norm(grads),
-        "params/norm": optax.global_norm(params),
+        "grad/norm": optax.tree.norm(grads),
+        "params/norm": optax.tree.norm(params),
     }
     return state.replace(params=params, opt_state=opt_state), metrics
 
@@ -249,13 +249,20 @@ def rl_microbatch_loss(
     return mb_loss
 
 
-def _accumulating_update(mb_loss, tx: optax.GradientTransformation, k: int):
-    """``(state, batch) -> (state, metrics)``: exact micro-batch accumulation, then ``tx``."""
+def _accumulating_update(mb_loss, tx: optax.GradientTransformation, k: int, *, both=False):
+    """``(state, batch) -> (state, metrics)``: exact micro-batch accumulation, then ``tx``.
+
+    ``both=True`` hands ``{"sft": g, "rl": g}`` to ``tx`` (a GAC chain: SFT warm-up steps of a
+    hybrid run, where the mixed gradient is ``g`` whatever the weight).
+    """
 
     def update(state: TrainState, batch: Batch):
         mbs = _split_microbatches(batch, k)
         acc = accumulate_grads(mb_loss, state.params, mbs, collect_stats=False)
-        state, metrics = _apply(tx, state, acc.grads)
+        grads = {"sft": acc.grads, "rl": acc.grads} if both else acc.grads
+        state, metrics = _apply(tx, state, grads)
+        if both:
+            metrics["grad/norm"] = optax.tree.norm(acc.grads)
         return state, {**acc.aux, **metrics, "loss": acc.loss}
 
     return update
@@ -329,11 +336,13 @@ def make_sft_update(
     state_sharding: TrainState,
     weighting: str = "none",
 ):
-    """The jitted SFT update on demonstrations (the ``sft`` algorithm and the warm-up)."""
+    """The jitted SFT update on demonstrations (the ``sft`` algorithm and the warm-up; in a
+    hybrid run the warm-up gradient is both GAC branches, so it is applied unmixed)."""
     mb_loss = sft_microbatch_loss(
         graphdef, prompt_len=prompt_len, weighting=weighting, mesh=mesh, rules=config.mesh.rules
     )
-    update = _accumulating_update(mb_loss, tx, config.train.micro_batches)
+    both = config.algo.name == "hybrid"  # warm-up steps of a hybrid run go through GAC
+    update = _accumulating_update(mb_loss, tx, config.train.micro_batches, both=both)
     return _jit_update(update, state_sharding, mesh)
 
 
@@ -429,7 +438,7 @@ def make_hybrid_update(
             rl_loss_fn=rl_mb_loss,
             tx=tx,
         )
-        metrics = {**metrics, "params/norm": optax.global_norm(params)}
+        metrics = {**metrics, "params/norm": optax.tree.norm(params)}
         return state.replace(params=params, opt_state=opt_state), metrics
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
