@@ -41,6 +41,9 @@ TEMPLATES = ("plain", "chat")
 EXECUTORS = ("thread", "process")
 DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "full", "dots", "dots_no_batch", "save_qkv_proj")
+SHAPE_KEYS = (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+)  # fmt: skip
 
 
 def _placeholder(kind: type) -> Any:
@@ -62,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"  # storage dtype of the parameters
     c.model.remat = "none"
     c.model.tokenizer = "synthetic"  # "synthetic" (built on the fly) or a tokenizer folder
+    c.model.shape = ml_collections.ConfigDict()  # overrides of the preset's shape (None: keep)
+    for key in SHAPE_KEYS:
+        c.model.shape[key] = _placeholder(int)
 
     # --- Mesh: sizes over ("data", "fsdp", "tensor"); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict()
@@ -101,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
+    c.rollout.stop_at_eos = True  # False: always max_new_tokens tokens (benchmarks)
 
     # --- Algorithm: the name picks the loss and the loop.
     c.algo = ml_collections.ConfigDict()

@@ -216,21 +216,8 @@ class Trainer:
             return last
         with ckpt_lib.StopSignal() as stop:
             for step in range(self.start_step, self.total_steps):
-                t0 = time.perf_counter()
-                rows = _records(next(self.data))
-                key = jax.random.fold_in(self.base_key, step)
-                if step < self.warmup:
-                    metrics = self._warmup_step(rows)
-                elif c.algo.name in config_lib.RL_ALGOS:
-                    metrics = self._rl_step(rows, key, step)
-                elif c.algo.name == "dpo":
-                    metrics = self._dpo_step(rows)
-                else:
-                    metrics = self._sft_step(rows)
+                metrics = self.step(step)
                 done = step + 1
-                self._set_step(done)
-                metrics["lr"] = float(self.schedule(max(self._updates_before(done) - 1, 0)))
-                metrics["time/step"] = time.perf_counter() - t0
                 if (c.eval.every and done % c.eval.every == 0) or done == self.total_steps:
                     metrics.update(self._evaluate(done))
                 if done % c.log.every == 0 or done == self.total_steps:
@@ -246,6 +233,28 @@ class Trainer:
                     break
         self.close()
         return last
+
+    def step(self, step: int) -> dict[str, float]:
+        """Runs step ``step`` (0-based): the next data batch, then a warm-up SFT update or the
+        algorithm's step. Returns its metrics (host floats, ``time/...`` included); the
+        state's step counter becomes ``step + 1``."""
+        c = self.config
+        t0 = time.perf_counter()
+        rows = _records(next(self.data))
+        key = jax.random.fold_in(self.base_key, step)
+        if step < self.warmup:
+            metrics = self._warmup_step(rows)
+        elif c.algo.name in config_lib.RL_ALGOS:
+            metrics = self._rl_step(rows, key, step)
+        elif c.algo.name == "dpo":
+            metrics = self._dpo_step(rows)
+        else:
+            metrics = self._sft_step(rows)
+        done = step + 1
+        self._set_step(done)
+        metrics["lr"] = float(self.schedule(max(self._updates_before(done) - 1, 0)))
+        metrics["time/step"] = time.perf_counter() - t0
+        return metrics
 
     def close(self) -> None:
         self.checkpointer.wait()

@@ -111,7 +111,7 @@ def generate_rollout(
         top_p=r.top_p,
         top_k=r.top_k,
         num_samples=g,
-        eos_id=tokenizer.eos_token_id,
+        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
         pad_id=tokenizer.pad_token_id,
         mesh=mesh,
         rules=config.mesh.rules,

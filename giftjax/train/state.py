@@ -57,8 +57,14 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
         )
     base = PRESETS[m.preset]
     vocab = m.vocab_size or vocab_size or base.vocab_size
+    shape = {k: int(v) for k, v in m.shape.items() if v is not None}
     return dataclasses.replace(
-        base, vocab_size=int(vocab), dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat
+        base,
+        vocab_size=int(vocab),
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        **shape,
     )
 
 
