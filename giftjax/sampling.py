@@ -111,7 +111,8 @@ def generate(
 
     Args:
       model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:
-        `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `lm_head_weight()`).
+        `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `decode_step(ids, cache=)`,
+        `lm_head_weight()`).
       prompt_ids: [P, T] int, LEFT-padded prompts (every row ends at column T-1).
       prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one.
       max_new_tokens: N >= 1, the response length (the cache has T + N slots).
@@ -230,7 +231,9 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
 
     # Prefill: the whole prompt into slots 0..T-1; logits of the last column only.
     cache = _constrain_cache(model.init_cache(b, t + n_new, dtype=s.cache_dtype), s)
-    hidden, cache = model(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
+    # A one-token prompt is a decode step (t is static): the same path as every later token.
+    prefill = model.decode_step if t == 1 else model
+    hidden, cache = prefill(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
     tok, logp = sample(_lm_head(model, hidden[:, -1]), 0)
     tokens = jnp.full((b, n_new), s.pad_id, jnp.int32).at[:, 0].set(tok)
     resp_mask = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(1)
@@ -244,7 +247,7 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
     def body(carry):
         step, prev, done, cache, tokens, resp_mask, logps = carry
         # One decode step: the previous token (pad for finished rows) into slot T+step-1.
-        logits, cache = nnx.merge(graphdef, state)(prev[:, None], None, cache=cache)
+        logits, cache = nnx.merge(graphdef, state).decode_step(prev[:, None], cache=cache)
         tok, logp = sample(logits[:, 0], step)
         alive = ~done
         tok = jnp.where(alive, tok, s.pad_id)
