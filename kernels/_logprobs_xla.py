@@ -23,10 +23,10 @@ in float32.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from giftjax.kernels._logits import logit_grad, scaled_logits
 from giftjax.kernels._matmul import dot_f32
 
 __all__ = ["backward", "default_block_v", "forward_stats"]
@@ -42,12 +42,6 @@ def default_block_v(num_tokens: int, vocab: int) -> int:
     return min(block, vocab)
 
 
-def _logits(h: jax.Array, w_blk: jax.Array, inv_t: float) -> jax.Array:
-    """``[N, D] @ [D, Vb] -> [N, Vb]`` float32, scaled by ``1 / T``."""
-    z = dot_f32(h, w_blk, (1, 0))
-    return z * inv_t if inv_t != 1.0 else z
-
-
 def _forward_stats(h, w, t, inv_t, block_v, with_entropy):
     """``(lse [N], target logit [N], E_p[z] [N] or None)`` by an online logsumexp."""
     n = h.shape[0]
@@ -57,7 +51,7 @@ def _forward_stats(h, w, t, inv_t, block_v, with_entropy):
     def step(start, width, carry):
         m, s, tgt, a = carry
         w_blk = lax.dynamic_slice_in_dim(w, start, width, axis=1)  # [D, Vb]
-        z = _logits(h, w_blk, inv_t)  # [N, Vb]
+        z = scaled_logits(h, w_blk, inv_t)  # [N, Vb]
         m_new = jnp.maximum(m, jnp.max(z, axis=1))
         alpha = jnp.exp(m - m_new)
         e = jnp.exp(z - m_new[:, None])  # [N, Vb]
@@ -86,17 +80,16 @@ def _backward(h, w, t, lse, mean_z, g, g_ent, inv_t, block_v, dh_dtype, dw_dtype
     vocab = w.shape[1]
     num_full, tail = divmod(vocab, block_v)
 
+    col = lambda x: None if x is None else x[:, None]  # [N] -> [N, 1]
+    stats = (col(lse), col(g), col(mean_z), col(g_ent))
+
     def step(start, width, carry):
         dh, dw = carry
         w_blk = lax.dynamic_slice_in_dim(w, start, width, axis=1)  # [D, Vb]
-        z = _logits(h, w_blk, inv_t)  # [N, Vb]
-        p = jnp.exp(z - lse[:, None])
+        z = scaled_logits(h, w_blk, inv_t)  # [N, Vb]
         cols = lax.broadcasted_iota(jnp.int32, z.shape, 1)
-        onehot = (cols == (t - start)[:, None]).astype(jnp.float32)
-        dz = g[:, None] * (onehot - p)
-        if g_ent is not None:
-            dz = dz - g_ent[:, None] * p * (z - mean_z[:, None])
-        dz = (dz * inv_t).astype(h.dtype)  # chain rule through z = (h @ W) / T
+        hit = cols == (t - start)[:, None]  # [N, Vb]
+        dz = logit_grad(z, hit, *stats, inv_t).astype(h.dtype)
         # [N, Vb] x [D, Vb] -> [N, D]; contracts Vb without transposing W_blk in HBM.
         dh = dh + dot_f32(dz, w_blk, (1, 1))
         # [N, D] x [N, Vb] -> [D, Vb]: the whole column block of dW, final after this step.

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from giftjax.losses._hyper import is_number
+
 Array = jax.Array
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -30,6 +32,16 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise if ``value`` is not one of ``choices``, listing them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
+    """Raise unless ``value`` is a real number in [0, 1] (or [0, 1) with ``upper_open``)."""
+    ok = is_number(value)
+    if ok:
+        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
 
 
 def check_float(name: str, x: Array, ndim: int, *, shape_doc: str) -> None:
@@ -131,6 +143,21 @@ def sequence_logps(logps: Array, mask: Array, *, reduce: str = "sum") -> Array:
     if reduce == "sum":
         return total
     return total / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+
+
+def implicit_reward(logps: Array, ref_logps: Array, mask: Array) -> Array:
+    """The implicit reward of DPO, GIFT and UNA, summed over response tokens (float32 ``[B]``).
+
+    ``k_i = sum_t mask[i,t] (logps[i,t] - ref_logps[i,t])``: no length normalisation. The
+    caller decides whether gradients flow into ``ref_logps`` (wrap it in ``stop_gradient``).
+
+    Args:
+      logps: ``[B, T]`` per-token log-probs under the policy.
+      ref_logps: ``[B, T]`` the same under the reference policy.
+      mask: ``[B, T]`` response mask (bool, int or float 0/1).
+    """
+    diff = logps.astype(jnp.float32) - ref_logps.astype(jnp.float32)  # [B, T]
+    return jnp.sum(diff * as_float_mask(mask), axis=-1)
 
 
 def safe_divide(numerator: Array, denominator: Array) -> Array:

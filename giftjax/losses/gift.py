@@ -145,9 +145,7 @@ def gift_loss(
     if opts["std_floor"] < 0:
         raise ValueError(f"std_floor must be >= 0, got {opts['std_floor']!r}.")
 
-    m = common.as_float_mask(mask)
-    log_ratio = logps.astype(jnp.float32) - jax.lax.stop_gradient(ref_logps.astype(jnp.float32))
-    k = jnp.sum(log_ratio * m, axis=-1)  # [B]
+    k = common.implicit_reward(logps, jax.lax.stop_gradient(ref_logps), mask)  # [B]
     rewards = jax.lax.stop_gradient(rewards.astype(jnp.float32))
 
     adv, _, reward_std = kernels.group_normalize(

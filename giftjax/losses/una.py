@@ -10,11 +10,11 @@ import jax.numpy as jnp
 
 from giftjax.losses._hyper import check_scalar
 from giftjax.losses.common import (
-    as_float_mask,
     check_choice,
     check_per_sequence,
     check_token_inputs,
     finish,
+    implicit_reward,
 )
 
 Array = jax.Array
@@ -75,9 +75,7 @@ def una_loss(
     check_choice("kind", kind, UNA_KINDS)
     check_scalar("beta", beta, low=0.0, low_inclusive=False)
 
-    m = as_float_mask(mask)  # [B, T]
-    diff = logps.astype(jnp.float32) - ref_logps.astype(jnp.float32)  # [B, T]
-    k = jnp.sum(diff * m, axis=-1)  # [B]
+    k = implicit_reward(logps, ref_logps, mask)  # [B]
     logit = beta * k  # [B]
     s = jax.nn.sigmoid(logit)  # [B]
     y = target.astype(jnp.float32)  # [B]

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from giftjax.losses.common import check_choice, check_unit
 from giftjax.optim.schedules import chord_prior
 
 Array = jax.Array
@@ -103,20 +104,6 @@ def tree_sq_dist(a: Any, b: Any) -> Array:
 # --------------------------------------------------------------------------------------
 # Checks.
 # --------------------------------------------------------------------------------------
-
-
-def _check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not ok:
-        interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def _split_updates(updates: Any) -> tuple[Any, Any]:
@@ -337,14 +324,14 @@ def gac(
       ``anchored`` smoothing of its code); Zhang et al., `On-Policy RL Meets Off-Policy
       Experts <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD, the prior).
     """
-    _check_unit("alpha", alpha)
-    _check_unit("blend", blend)
-    _check_unit("ema", ema, upper_open=True)
-    _check_unit("smooth", smooth, upper_open=True)
-    _check_unit("init", init)
-    _check_choice("smoothing", smoothing, SMOOTHINGS)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("mode", mode, MODES)
+    check_unit("alpha", alpha)
+    check_unit("blend", blend)
+    check_unit("ema", ema, upper_open=True)
+    check_unit("smooth", smooth, upper_open=True)
+    check_unit("init", init)
+    check_choice("smoothing", smoothing, SMOOTHINGS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("mode", mode, MODES)
     if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1:
         raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}.")
     if not isinstance(max_step, (int, float)) or isinstance(max_step, bool) or max_step <= 0:
@@ -482,13 +469,20 @@ def gac(
 # --------------------------------------------------------------------------------------
 
 
-def find_gac_state(opt_state: Any) -> GacState:
-    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s)."""
+def find_gac_state(opt_state: Any, *, required: bool = True) -> GacState | None:
+    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s).
+
+    Args:
+      opt_state: any optimiser state pytree (a :class:`GacState` itself included).
+      required: raise when there is none (else return None). More than one always raises.
+    """
     found = [
         s
         for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GacState))
         if isinstance(s, GacState)
     ]
+    if not found and not required:
+        return None
     if len(found) != 1:
         raise ValueError(
             f"Expected exactly one GacState in the optimiser state, found {len(found)}: "

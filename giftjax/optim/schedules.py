@@ -16,15 +16,12 @@ import math
 import jax.numpy as jnp
 import optax
 
+from giftjax.losses.common import check_unit
+
 
 def _check_nonneg_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
-
-
-def _check_unit(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
 
 
 def chord_prior(
@@ -61,8 +58,8 @@ def chord_prior(
     """
     _check_nonneg_int("warmup", warmup)
     _check_nonneg_int("decay", decay)
-    _check_unit("peak", peak)
-    _check_unit("valley", valley)
+    check_unit("peak", peak)
+    check_unit("valley", valley)
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)
