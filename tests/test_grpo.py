@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from giftjax.losses import AGG_MODES, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, kl_penalty
+from giftjax.losses.common import apply_preset
 from giftjax.losses.grpo import GRPO_PRESETS
 
 RTOL = 1e-6  # values, float32 against float64
@@ -318,6 +319,23 @@ def test_wrappers_equal_presets(wrapper, preset):
     with pytest.raises(TypeError, match=f"{preset}_loss sets preset"):
         wrapper(*args, preset="grpo")
     assert wrapper.__name__ == f"{preset}_loss" and preset in wrapper.__doc__
+
+
+def test_preset_defaults_come_from_the_signature():
+    """apply_preset reads "was this argument left at its default?" from the function's own
+    signature: a value equal to the signature's default yields to the preset, any other value
+    that differs from the preset's raises."""
+
+    def loss(*, clip=0.3, agg="token-mean", preset=None):
+        del preset
+
+    presets = {"p": {"clip": 0.1}}
+    assert apply_preset(loss, "p", presets, {"clip": 0.3, "agg": "x"}) == {"clip": 0.1, "agg": "x"}
+    assert apply_preset(loss, "p", presets, {"clip": 0.1, "agg": "x"})["clip"] == 0.1
+    with pytest.raises(ValueError, match=r"loss: preset='p' sets clip=0\.1, but clip=0\.2"):
+        apply_preset(loss, "p", presets, {"clip": 0.2, "agg": "x"})
+    with pytest.raises(TypeError, match=r"loss has no argument 'beta' with a default"):
+        apply_preset(loss, "p", presets, {"clip": 0.3, "beta": 1.0})
 
 
 def test_preset_refuses_conflicting_explicit_argument():

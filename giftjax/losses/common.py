@@ -10,7 +10,8 @@ Shape letters: ``B`` sequences (``P`` prompts x ``G`` samples), ``T`` response t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -226,12 +227,30 @@ def finish(numerator: Array, denominator: Array, metrics: dict[str, Array]) -> t
     return safe_divide(numerator, denominator), aux
 
 
+def signature_defaults(fn: Callable[..., object], names: Iterable[str]) -> dict[str, object]:
+    """The default values of ``fn``'s arguments ``names``, read from its signature.
+
+    Raises:
+      TypeError: if ``fn`` has no argument of one of the names, or it has no default.
+    """
+    params = inspect.signature(fn).parameters
+    defaults = {}
+    for name in names:
+        param = params.get(name)
+        if param is None or param.default is inspect.Parameter.empty:
+            raise TypeError(
+                f"{fn.__name__} has no argument {name!r} with a default value; its arguments "
+                f"are {list(params)}."
+            )
+        defaults[name] = param.default
+    return defaults
+
+
 def apply_preset(
-    fn_name: str,
+    fn: Callable[..., object],
     preset: str | None,
     presets: dict[str, dict[str, object]],
     given: dict[str, object],
-    defaults: dict[str, object],
     *,
     arg: str = "preset",
 ) -> dict[str, object]:
@@ -239,16 +258,15 @@ def apply_preset(
 
     ``preset=None`` returns ``given`` unchanged. A named preset supplies its published
     values for the arguments it controls. Passing one of those arguments with a value other
-    than the function's default is refused (ValueError naming it), so that nothing the
-    caller asked for is silently overridden: use ``preset=None`` and set every argument to
-    depart from a preset.
+    than the function's default (read from ``fn``'s signature, so the two cannot drift) is
+    refused (ValueError naming it), so that nothing the caller asked for is silently
+    overridden: use ``preset=None`` and set every argument to depart from a preset.
 
     Args:
-      fn_name: the loss's name, for messages.
+      fn: the loss function, for its name and its default values.
       preset: the preset name or None.
       presets: name -> {argument: value}.
       given: the values the function received, by argument name.
-      defaults: the function's default values, by argument name.
       arg: the name of the preset argument, for messages.
 
     Returns:
@@ -256,7 +274,9 @@ def apply_preset(
     """
     if preset is None:
         return dict(given)
+    fn_name = fn.__name__
     check_choice(f"{fn_name}: {arg}", preset, (None, *presets))
+    defaults = signature_defaults(fn, given)
     resolved = dict(given)
     for name, value in presets[preset].items():
         if given[name] != defaults[name] and given[name] != value:

@@ -133,14 +133,7 @@ def gift_loss(
         "std_floor": std_floor,
         "zero_var_groups": zero_var_groups,
     }
-    defaults = {
-        "eps": 1e-6,
-        "ddof": 1,
-        "stop_grad_stats": True,
-        "std_floor": DEFAULT_STD_FLOOR,
-        "zero_var_groups": "keep",
-    }
-    opts = common.apply_preset("gift_loss", preset, _PRESETS, given, defaults)
+    opts = common.apply_preset(gift_loss, preset, _PRESETS, given)
     common.check_choice("zero_var_groups", opts["zero_var_groups"], ZERO_VAR_MODES)
     if opts["std_floor"] < 0:
         raise ValueError(f"std_floor must be >= 0, got {opts['std_floor']!r}.")

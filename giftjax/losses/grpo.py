@@ -84,15 +84,6 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
     },
 }
 
-_DEFAULTS: dict[str, object] = {
-    "clip_low": 0.2,
-    "clip_high": 0.2,
-    "kl_coef": 0.0,
-    "kl_estimator": "k3",
-    "importance": "token",
-    "agg": "token-mean",
-}
-
 
 def kl_penalty(logps: Array, ref_logps: Array, estimator: str = "k3") -> Array:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
@@ -227,7 +218,7 @@ def grpo_loss(
         "importance": importance,
         "agg": agg,
     }
-    args = apply_preset("grpo_loss", preset, GRPO_PRESETS, given, _DEFAULTS)
+    args = apply_preset(grpo_loss, preset, GRPO_PRESETS, given)
     clip_low, clip_high = args["clip_low"], args["clip_high"]
     kl_coef, kl_estimator = args["kl_coef"], args["kl_estimator"]
     importance, agg = args["importance"], args["agg"]
