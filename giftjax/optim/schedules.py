@@ -41,6 +41,13 @@ def chord_prior(
     ``t`` is the number of updates made before this one (0 on the first), as in every optax
     schedule.
 
+    Written in closed form rather than as ``optax.join_schedules([linear_schedule,
+    cosine_decay_schedule], [warmup])``: that composition is the same function mathematically
+    but not in float32. ``linear_schedule`` evaluates ``(0 - peak)(1 - t / warmup) + peak``,
+    which cancels near ``t = 0`` (``t = 1``: 0.00424999 instead of 0.00425), and
+    ``cosine_decay_schedule`` forms ``pi t / decay`` in another order; with the defaults 261
+    of the steps 0..1299 differ, by up to 1.2e-7 (2 ulps of 0.85).
+
     Args:
       warmup: steps of the linear rise from 0 to ``peak`` (0: start at ``peak``).
       decay: steps of the cosine decay from ``peak`` to ``valley`` (0: jump to ``valley``).
