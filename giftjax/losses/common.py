@@ -35,8 +35,25 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
 
 
+def is_scalar_array(name: str, value: object) -> bool:
+    """True for a 0-d array, concrete or traced (a hyperparameter swept under ``jax.vmap`` or
+    injected by ``optax.inject_hyperparams``), which a check cannot read and lets through.
+
+    Raises:
+      ValueError: for an array of any other rank, naming ``name`` and the shape.
+    """
+    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+        return False
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {jnp.shape(value)}.")
+    return True
+
+
 def check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
-    """Raise unless ``value`` is a real number in [0, 1] (or [0, 1) with ``upper_open``)."""
+    """Raise unless ``value`` is a real number in [0, 1] (or [0, 1) with ``upper_open``);
+    a scalar array passes unchecked (:func:`is_scalar_array`)."""
+    if is_scalar_array(name, value):
+        return
     ok = is_number(value)
     if ok:
         ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0

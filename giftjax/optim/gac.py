@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from giftjax.losses.common import check_choice, check_unit
+from giftjax.losses._hyper import is_number
+from giftjax.losses.common import check_choice, check_unit, is_scalar_array
 from giftjax.optim.schedules import chord_prior
 
 Array = jax.Array
@@ -277,6 +278,13 @@ def gac(
         \\pi(t) + \\lambda \\bar\\mu_t\\big)\\Big), \\qquad
       g_t = (1 - \\mu_t)\\, g_{rl} + \\mu_t\\, g_{sft}
 
+    Every numeric hyperparameter (``alpha``, ``blend``, ``ema``, ``refresh_every``,
+    ``max_step``, ``init``, ``smooth``, ``eps``, ``disagreement_cap``, and ``prior`` as a
+    constant) may also be a scalar array, so ``optax.inject_hyperparams(optim.gac)(alpha=0.5,
+    ...)`` works and the injected values can be changed in the state between updates: Python
+    numbers are validated here, arrays pass unchecked. ``bounds`` and the string options stay
+    static.
+
     Args:
       alpha: the SFT share of the target ``alpha g_sft* + (1 - alpha) g_rl*``; ``mu_raw``
         tends to it when the signals disagree strongly.
@@ -332,9 +340,11 @@ def gac(
     check_choice("smoothing", smoothing, SMOOTHINGS)
     check_choice("estimator", estimator, ESTIMATORS)
     check_choice("mode", mode, MODES)
-    if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1:
+    if not is_scalar_array("refresh_every", refresh_every) and (
+        not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1
+    ):
         raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}.")
-    if not isinstance(max_step, (int, float)) or isinstance(max_step, bool) or max_step <= 0:
+    if not is_scalar_array("max_step", max_step) and (not is_number(max_step) or max_step <= 0):
         raise ValueError(f"max_step must be a positive number, got {max_step!r}.")
     if (
         not isinstance(bounds, (tuple, list))
@@ -343,17 +353,21 @@ def gac(
         or not 0.0 <= bounds[0] <= bounds[1] <= 1.0
     ):
         raise ValueError(f"bounds must be (lo, hi) with 0 <= lo <= hi <= 1, got {bounds!r}.")
-    if not isinstance(eps, (int, float)) or eps < 0:
+    if not is_scalar_array("eps", eps) and (not is_number(eps) or eps < 0):
         raise ValueError(f"eps must be a non-negative number, got {eps!r}.")
-    if disagreement_cap is not None and (
-        not isinstance(disagreement_cap, (int, float)) or disagreement_cap < 0
+    if (
+        disagreement_cap is not None
+        and not is_scalar_array("disagreement_cap", disagreement_cap)
+        and (not is_number(disagreement_cap) or disagreement_cap < 0)
     ):
         raise ValueError(
             f"disagreement_cap must be None or a non-negative number, got {disagreement_cap!r}."
         )
     if callable(prior):
         prior_fn: Callable[[Array], Array] = prior
-    elif isinstance(prior, (int, float)) and not isinstance(prior, bool) and 0 <= prior <= 1:
+    elif is_scalar_array("prior", prior) or (is_number(prior) and 0 <= prior <= 1):
+        # A constant; under optax.inject_hyperparams a schedule arrives here already
+        # evaluated at the update count, which is also this transformation's t.
         prior_fn = lambda step: jnp.full((), prior, jnp.float32)
     else:
         raise ValueError(
