@@ -191,12 +191,13 @@ def grpo_loss(
 
     Returns:
       ``(loss, aux)``: ``loss = aux["numerator"] / aux["denominator"]`` (0 if nothing is
-      masked in). ``aux`` also holds, over the masked tokens of this batch:
-      ``clip_fraction`` (share of tokens whose clipped term is the active one, i.e. the
-      gradient is cut), ``dual_clip_fraction`` (share capped by the dual clip),
-      ``kl_mean`` (mean KL estimate; 0 without ``ref_logps``), ``ratio_mean`` (mean
-      importance ratio), ``pg_loss`` (the policy term alone, aggregated like the loss) and
-      ``advantage_mean`` (mean of ``advantages`` over the B sequences).
+      masked in). ``aux`` also holds, over the masked tokens of this batch (under
+      ``grpo/`` for every preset and wrapper):
+      ``grpo/clip_fraction`` (share of tokens whose clipped term is the active one, i.e. the
+      gradient is cut), ``grpo/dual_clip_fraction`` (share capped by the dual clip),
+      ``grpo/kl_mean`` (mean KL estimate; 0 without ``ref_logps``), ``grpo/ratio_mean``
+      (mean importance ratio), ``grpo/pg_loss`` (the policy term alone, aggregated like the
+      loss) and ``grpo/advantage_mean`` (mean of ``advantages`` over the B sequences).
 
     References:
       Shao et al., `DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
@@ -280,12 +281,12 @@ def grpo_loss(
     numerator, denominator = aggregate(per_token, m, agg=agg, max_len=max_len)
     pg_num, _ = aggregate(pg, m, agg=agg, max_len=max_len)
     metrics = {
-        "pg_loss": safe_divide(pg_num, denominator),
-        "clip_fraction": masked_mean(clip_active.astype(jnp.float32), m),
-        "dual_clip_fraction": masked_mean(dual_active.astype(jnp.float32), m),
-        "kl_mean": kl_mean,
-        "ratio_mean": masked_mean(ratio, m),
-        "advantage_mean": jnp.mean(advantages.astype(jnp.float32)),
+        "grpo/pg_loss": safe_divide(pg_num, denominator),
+        "grpo/clip_fraction": masked_mean(clip_active.astype(jnp.float32), m),
+        "grpo/dual_clip_fraction": masked_mean(dual_active.astype(jnp.float32), m),
+        "grpo/kl_mean": kl_mean,
+        "grpo/ratio_mean": masked_mean(ratio, m),
+        "grpo/advantage_mean": jnp.mean(advantages.astype(jnp.float32)),
     }
     return finish(numerator, denominator, metrics)
 

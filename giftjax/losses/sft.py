@@ -64,8 +64,8 @@ def sft_loss(
 
     Returns:
       ``(loss, aux)`` with ``loss = aux["numerator"] / aux["denominator"]``. ``aux`` also
-      has ``nll_mean`` (mean ``-log p`` over masked tokens, whatever the weighting) and
-      ``phi_mean`` (mean ``phi(p)`` over masked tokens, reported for both weightings).
+      has ``sft/nll_mean`` (mean ``-log p`` over masked tokens, whatever the weighting) and
+      ``sft/phi_mean`` (mean ``phi(p)`` over masked tokens, reported for both weightings).
 
     References:
       Zhang et al., `On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised
@@ -82,5 +82,5 @@ def sft_loss(
     per_token = nll if weighting == "none" else phi * nll
 
     numerator, denominator = aggregate(per_token, m, agg=agg, max_len=max_len)
-    metrics = {"nll_mean": masked_mean(nll, m), "phi_mean": masked_mean(phi, m)}
+    metrics = {"sft/nll_mean": masked_mean(nll, m), "sft/phi_mean": masked_mean(phi, m)}
     return finish(numerator, denominator, metrics)

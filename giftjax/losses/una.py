@@ -62,8 +62,8 @@ def una_loss(
 
     Returns:
       ``(loss, aux)``: ``loss = aux["numerator"] / aux["denominator"]``, the sum of
-      per-sequence losses over ``B``. ``aux`` also has ``implicit_reward_mean`` (mean of
-      ``k``), ``score_mean`` (mean of ``s``) and ``target_mean``.
+      per-sequence losses over ``B``. ``aux`` also has ``una/implicit_reward_mean`` (mean
+      of ``k``), ``una/score_mean`` (mean of ``s``) and ``una/target_mean``.
 
     References:
       Wang et al., `UNA: Unifying Alignments of RLHF/PPO, DPO and KTO by a Generalized
@@ -88,8 +88,8 @@ def una_loss(
         per_seq = jnp.square(s - jax.nn.sigmoid(y))
 
     metrics = {
-        "implicit_reward_mean": jnp.mean(k),
-        "score_mean": jnp.mean(s),
-        "target_mean": jnp.mean(y),
+        "una/implicit_reward_mean": jnp.mean(k),
+        "una/score_mean": jnp.mean(s),
+        "una/target_mean": jnp.mean(y),
     }
     return finish(jnp.sum(per_seq), jnp.asarray(batch, jnp.float32), metrics)
