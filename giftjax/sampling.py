@@ -55,12 +55,12 @@ __all__ = [
 
 
 class SampleOutput(NamedTuple):
-    """What `generate` returns (B = P prompts x G samples, N = max_new_tokens).
+    """What `generate` returns (B = P prompts x G samples, M = max_new_tokens).
 
     Attributes:
-      tokens: [B, N] int32 response tokens; after a row's EOS, `pad_id`.
-      mask: [B, N] int32, 1 for response tokens (the EOS included), 0 after it.
-      logps: [B, N] float32 log-probs of the tokens under `log_softmax(logits / temperature)`
+      tokens: [B, M] int32 response tokens; after a row's EOS, `pad_id`.
+      mask: [B, M] int32, 1 for response tokens (the EOS included), 0 after it.
+      logps: [B, M] float32 log-probs of the tokens under `log_softmax(logits / temperature)`
         (before top-k/top-p; `log_softmax(logits)` when temperature is 0); 0 where mask is 0.
     """
 
@@ -115,7 +115,7 @@ def generate(
         `lm_head_weight()`).
       prompt_ids: [P, T] int, LEFT-padded prompts (every row ends at column T-1).
       prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one.
-      max_new_tokens: N >= 1, the response length (the cache has T + N slots).
+      max_new_tokens: M >= 1, the response length (the cache has T + M slots).
       key: a PRNG key.
       temperature: >= 0; 0 is greedy decoding.
       top_p: nucleus mass in (0, 1]; 1 disables.
@@ -130,7 +130,7 @@ def generate(
       rules: the logical-axis rules table (name or table, see giftjax.sharding).
 
     Returns:
-      SampleOutput(tokens [P*G, N] int32, mask [P*G, N] int32, logps [P*G, N] float32).
+      SampleOutput(tokens [P*G, M] int32, mask [P*G, M] int32, logps [P*G, M] float32).
     """
     check_sampling_args(temperature, top_k, top_p)
     if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:

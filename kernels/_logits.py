@@ -1,7 +1,7 @@
 """The logit math shared by the ``xla`` and ``pallas`` log-prob kernels.
 
 Shape letters: ``BT`` flattened tokens (or a block of them), ``D`` model width, ``Vb`` a
-vocabulary block. Per-token values broadcast as ``[BT, 1]`` columns.
+vocabulary block; ``tau`` is the temperature. Per-token values broadcast as ``[BT, 1]``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from giftjax.kernels._matmul import dot_f32
 
 
 def scaled_logits(h: jax.Array, w_blk: jax.Array, inv_t: float) -> jax.Array:
-    """``z = (h @ W_blk) / T``: ``[BT, D] @ [D, Vb] -> [BT, Vb]`` float32 (``inv_t = 1 / T``)."""
+    """``z = (h @ W_blk) / tau``: ``[BT, D] @ [D, Vb] -> [BT, Vb]`` float32, ``inv_t = 1 / tau``."""
     z = dot_f32(h, w_blk, (1, 0))
     return z * inv_t if inv_t != 1.0 else z
 
@@ -31,9 +31,9 @@ def logit_grad(
 
     With ``p_v = exp(z_v - lse)``::
 
-        dz_v = (g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])) / T
+        dz_v = (g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])) / tau
 
-    (the ``1 / T`` is the chain rule through ``z = (h @ W) / T``).
+    (the ``1 / tau`` is the chain rule through ``z = (h @ W) / tau``).
 
     Args:
       z: ``[BT, Vb]`` float32 scaled logits of the block.
@@ -42,7 +42,7 @@ def logit_grad(
       g: ``[BT, 1]`` cotangent of the log-probs.
       mean_z: ``[BT, 1]`` ``E_p[z]`` (with the entropy), else None.
       g_ent: ``[BT, 1]`` cotangent of the entropy, or None (no entropy term).
-      inv_t: ``1 / T``.
+      inv_t: ``1 / tau``.
     """
     p = jnp.exp(z - lse)
     dz = g * (hit.astype(jnp.float32) - p)

@@ -4,26 +4,29 @@ Three kernels, all on a grid of token blocks (``block_n`` rows, a multiple of 8)
 by vocabulary blocks (``block_v`` columns, a multiple of 128), the TPU (8, 128)
 tiling; the reduction axis is innermost and "arbitrary", the other "parallel":
 
-* forward, grid ``(N/bn, V/bv)``: float32 VMEM scratch holds the running max
+* forward, grid ``(BT/bn, V/bv)``: float32 VMEM scratch holds the running max
   ``m``, the rescaled sum ``s``, the target logit and (for the entropy)
   ``a = sum exp(z - m) z``; the last vocabulary step writes ``logp = z_t - lse``,
   ``lse = m + log s`` and ``H = lse - a / s``.
-* ``d hidden``, grid ``(N/bn, V/bv)``: recomputes the logits, forms
+* ``d hidden``, grid ``(BT/bn, V/bv)``: recomputes the logits, forms
   ``dz = g (1[v = t] - p) - g_H p (z - E_p[z])`` and accumulates ``dz @ W_blk^T`` in
   a float32 ``[bn, D]`` scratch.
-* ``d W``, grid ``(V/bv, N/bn)``: the same ``dz``, accumulating ``h_blk^T @ dz``
+* ``d W``, grid ``(V/bv, BT/bn)``: the same ``dz``, accumulating ``h_blk^T @ dz``
   in a float32 ``[D, bv]`` scratch.
 
-``N`` and ``V`` need not be multiples of the blocks: the last blocks read past
+``BT`` and ``V`` need not be multiples of the blocks: the last blocks read past
 the arrays (unspecified values on a TPU, NaN in interpret mode), so vocabulary
 columns ``>= V`` are set to ``-inf`` before the max and the sum, and their ``W``
-columns and ``dz`` to zero before any matmul; token rows ``>= N`` are zeroed
+columns and ``dz`` to zero before any matmul; token rows ``>= BT`` are zeroed
 before the ``dW`` contraction. Out-of-range output rows/columns are dropped.
 
-Per-token vectors travel as ``[N, 1]`` float32 (a full-width last dimension is a
+Per-token vectors travel as ``[BT, 1]`` float32 (a full-width last dimension is a
 valid block). On a non-TPU backend the same kernels run with ``interpret=True``;
 ``lax.platform_dependent`` makes that choice when lowering, so an ahead-of-time
 compile for a TPU topology from a CPU host gets the Mosaic kernels.
+
+Shape letters: ``BT`` flattened tokens, ``D`` model width, ``V`` vocabulary; ``tau`` is the
+temperature (``inv_t = 1 / tau``).
 """
 
 from __future__ import annotations
@@ -293,7 +296,7 @@ def check_blocks(block_n: int, block_v: int) -> None:
 
 
 def forward_stats(h, w, t, *, inv_t, with_entropy, block_n, block_v, interpret=None):
-    """``(lse [N], target logit [N] (0 when t is outside [0, V)), E_p[z] [N] or None)``."""
+    """``(lse [BT], target logit [BT] (0 when t is outside [0, V)), E_p[z] [BT] or None)``."""
     check_blocks(block_n, block_v)
     fwd = functools.partial(
         _forward, inv_t=inv_t, with_entropy=with_entropy, block_n=block_n, block_v=block_v
@@ -306,9 +309,9 @@ def forward_stats(h, w, t, *, inv_t, with_entropy, block_n, block_v, interpret=N
 def backward(
     h, w, t, lse, mean_z, g, g_ent, *, inv_t, block_n, block_v, dh_dtype, dw_dtype, interpret=None
 ):
-    """``(d hidden [N, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
+    """``(d hidden [BT, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
     check_blocks(block_n, block_v)
-    col = lambda x: None if x is None else x.astype(jnp.float32)[:, None]  # [N] -> [N, 1]
+    col = lambda x: None if x is None else x.astype(jnp.float32)[:, None]  # [BT] -> [BT, 1]
     bwd = functools.partial(
         _backward,
         inv_t=inv_t,

@@ -1,7 +1,8 @@
 """Grouped-query self-attention of the decoder, in three explicit modes.
 
 Shape letters: B rows, T query tokens, S key slots (the cache length when a cache is used),
-D model width, N query heads, K key/value heads, H head dim, L layers.
+D model width, N query heads, K key/value heads, R = N/K query heads per key/value head,
+H head dim, L layers.
 
 - `Attention.__call__`: x attends over itself (training, scoring); no cache.
 - `Attention.extend`: x's T keys/values are written into the stacked [L, B, S, K, H] cache at
@@ -68,31 +69,31 @@ def decode_attention(
     if t != 1:
         raise ValueError(f"decode_attention takes one query token; received q shape {q.shape}.")
     f32 = jnp.float32
-    qg = q.reshape(b, 1, kh, n // kh, h).astype(f32)  # [B, 1, K, G, H]
+    qg = q.reshape(b, 1, kh, n // kh, h).astype(f32)  # [B, 1, K, R, H]
     k_new = k_new.astype(f32)[:, :, :, None, :]  # [B, 1, K, 1, H]
     v_new = v_new.astype(f32)[:, :, :, None, :]
     neg = jnp.finfo(f32).min
     keep = mask[:, 0, 0, :] & (jnp.arange(s) != index)[None]  # [B, S]: old slots only
     keep_self = jax.lax.dynamic_index_in_dim(mask[:, 0, 0, :], index, axis=1)  # [B, 1]
-    # Block-diagonal queries [B, K*H, K*G] (zero off the own-kv-head blocks), so that both
+    # Block-diagonal queries [B, K*H, K*R] (zero off the own-kv-head blocks), so that both
     # products are plain batched matmuls over the cache's [B, S, K*H] rows (no transpose).
-    g = n // kh
+    r = n // kh
     eye = jnp.eye(kh, dtype=f32)
-    q_bd = jnp.einsum("bkgh,kj->bkhjg", qg[:, 0], eye).reshape(b, kh * h, kh * g)
+    q_bd = jnp.einsum("bkrh,kj->bkhjr", qg[:, 0], eye).reshape(b, kh * h, kh * r)
     kc = k_cache.reshape(b, s, kh * h).astype(f32)
-    scores = jnp.einsum("bsx,bxy->bsy", kc, q_bd).reshape(b, s, kh, g) * scale  # [B, S, K, G]
+    scores = jnp.einsum("bsx,bxy->bsy", kc, q_bd).reshape(b, s, kh, r) * scale  # [B, S, K, R]
     scores = jnp.where(keep[:, :, None, None], scores, neg)
-    self_score = jnp.sum(qg * k_new, axis=-1) * scale  # [B, 1, K, G]
+    self_score = jnp.sum(qg * k_new, axis=-1) * scale  # [B, 1, K, R]
     self_score = jnp.where(keep_self[:, :, None, None], self_score, neg)
-    top = jnp.maximum(jnp.max(scores, axis=1, keepdims=True), self_score)  # [B, 1, K, G]
-    w = jnp.exp(scores - top)  # [B, S, K, G]
-    w_self = jnp.exp(self_score - top)  # [B, 1, K, G]
-    denom = jnp.sum(w, axis=1, keepdims=True) + w_self  # [B, 1, K, G]
+    top = jnp.maximum(jnp.max(scores, axis=1, keepdims=True), self_score)  # [B, 1, K, R]
+    w = jnp.exp(scores - top)  # [B, S, K, R]
+    w_self = jnp.exp(self_score - top)  # [B, 1, K, R]
+    denom = jnp.sum(w, axis=1, keepdims=True) + w_self  # [B, 1, K, R]
     probs, p_self = w / denom, w_self / denom  # softmax over the S old slots and the token
     vc = v_cache.reshape(b, s, kh * h).astype(f32)
-    out = jnp.einsum("bsy,bsx->byx", probs.reshape(b, s, kh * g), vc)  # [B, K*G, K*H]
-    out = jnp.einsum("bkgjh,kj->bkgh", out.reshape(b, kh, g, kh, h), eye)[:, None]
-    out = out + p_self[..., None] * v_new  # [B, 1, K, G, H]
+    out = jnp.einsum("bsy,bsx->byx", probs.reshape(b, s, kh * r), vc)  # [B, K*R, K*H]
+    out = jnp.einsum("bkrjh,kj->bkrh", out.reshape(b, kh, r, kh, h), eye)[:, None]
+    out = out + p_self[..., None] * v_new  # [B, 1, K, R, H]
     return out.reshape(b, 1, n, h).astype(q.dtype)
 
 

@@ -55,8 +55,8 @@ def trimmed_var(x: Array, valid: Array, *, trim: float = 0.1, ddof: int = 1) -> 
     the ``floor(trim n)`` largest (``n`` valid values; the cut of ``scipy.stats.trim_mean``).
 
     Args:
-      x: ``[N]`` values.
-      valid: ``[N]`` bool, which values count (traced: ``n`` may change from step to step).
+      x: ``[B]`` values (one per sequence).
+      valid: ``[B]`` bool, which values count (traced: ``n`` may change from step to step).
       trim: the fraction cut from each end, in [0, 0.5).
       ddof: delta degrees of freedom of the variance of the kept values.
 
