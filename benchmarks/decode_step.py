@@ -58,7 +58,7 @@ def main():
 
         def body(_, carry):
             cache, tok = carry
-            logits, cache = m(tok[:, None], None, cache=cache)
+            logits, cache = m.decode_step(tok[:, None], cache=cache)
             return cache, jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
 
         return jax.lax.fori_loop(0, args.steps, body, (cache, tok))

@@ -19,10 +19,9 @@ ratios beside it, so other load on the machine cancels out. An A/A control (the 
 timed twice in the same rotation) shows the noise floor, and GAC's own operations are also
 timed alone.
 
-The model is ``giftjax.models``' ``tiny`` preset when that package is importable (``--model
-auto``, the default), else a self-contained NNX decoder of the same size defined below.
+The model is ``giftjax.models``' ``tiny`` preset.
 
-Run:  python benchmarks/gac_overhead.py  [--repeats 60 --model auto|tiny|builtin --single-thread]
+Run:  python benchmarks/gac_overhead.py  [--repeats 60 --single-thread]
 Writes benchmarks/results/gac_overhead.md.
 """
 
@@ -53,69 +52,17 @@ import optax
 from flax import nnx
 
 from giftjax import losses, optim
+from giftjax.models import Decoder
+from giftjax.models.presets import get_preset
 from giftjax.train import accumulate_grads, hybrid_step
 
 RESULTS = Path(__file__).parent / "results" / "gac_overhead.md"
 
 
-# --------------------------------------------------------------------------------------
-# A self-contained decoder (used when giftjax.models is not available): token embedding,
-# L pre-norm blocks of causal multi-head attention and a GELU MLP, final norm, LM head.
-# --------------------------------------------------------------------------------------
-
-
-class Block(nnx.Module):
-    def __init__(self, d: int, heads: int, mlp: int, *, rngs: nnx.Rngs):
-        self.heads = heads
-        self.norm1 = nnx.RMSNorm(d, rngs=rngs)
-        self.qkv = nnx.Linear(d, 3 * d, use_bias=False, rngs=rngs)
-        self.proj = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-        self.norm2 = nnx.RMSNorm(d, rngs=rngs)
-        self.up = nnx.Linear(d, mlp, use_bias=False, rngs=rngs)
-        self.down = nnx.Linear(mlp, d, use_bias=False, rngs=rngs)
-
-    def __call__(self, x):
-        b, t, d = x.shape
-        q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, axis=-1)  # each [B, T, D]
-        split = lambda z: z.reshape(b, t, self.heads, d // self.heads)  # [B, T, N, H]
-        q, k, v = split(q), split(k), split(v)
-        scores = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(d // self.heads)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        attn = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
-        x = x + self.proj(jnp.einsum("bnts,bsnh->btnh", attn, v).reshape(b, t, d))
-        return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
-
-
-class BuiltinDecoder(nnx.Module):
-    def __init__(self, vocab=512, d=64, heads=4, mlp=128, layers=2, *, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab, d, rngs=rngs)
-        self.blocks = nnx.List([Block(d, heads, mlp, rngs=rngs) for _ in range(layers)])
-        self.norm = nnx.RMSNorm(d, rngs=rngs)
-        self.head = nnx.Linear(d, vocab, use_bias=False, rngs=rngs)
-
-    def __call__(self, tokens):  # [B, T] -> logits [B, T, V]
-        x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x)).astype(jnp.float32)
-
-
-def build_model(kind: str):
-    """Return (model, description)."""
-    if kind in ("auto", "tiny"):
-        try:
-            from giftjax.models import Decoder
-            from giftjax.models.presets import get_preset
-
-            config = get_preset("tiny")
-            return Decoder(config, rngs=nnx.Rngs(0)), f"giftjax.models tiny preset ({config})"
-        except ImportError:
-            if kind == "tiny":
-                raise
-    return BuiltinDecoder(rngs=nnx.Rngs(0)), (
-        "self-contained NNX decoder in this script (vocab 512, width 64, 4 heads, MLP 128, "
-        "2 blocks, untied LM head): giftjax.models was not available on this branch"
-    )
+def build_model():
+    """Return (model, description): giftjax.models' ``tiny`` preset."""
+    config = get_preset("tiny")
+    return Decoder(config, rngs=nnx.Rngs(0)), f"giftjax.models tiny preset ({config})"
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +100,6 @@ def make_batches(k, b, t, vocab, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="auto", choices=("auto", "tiny", "builtin"))
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="sequences per micro-batch")
     parser.add_argument("--length", type=int, default=128)
@@ -166,7 +112,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    model, description = build_model(args.model)
+    model, description = build_model()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     vocab = nnx.merge(graphdef, params, rest)(jnp.zeros((1, 1), jnp.int32)).shape[-1]

@@ -42,15 +42,15 @@ MIB = 2**20
 
 
 def naive_logprobs(hidden, lm_head, targets):
-    """``[N, V]`` float32 logits, ``log_softmax``, then the target column."""
-    logits = dot_f32(hidden, lm_head, (1, 0))  # [N, V]
+    """``[BT, V]`` float32 logits, ``log_softmax``, then the target column."""
+    logits = dot_f32(hidden, lm_head, (1, 0))  # [BT, V]
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0]
 
 
 def logsumexp_logprobs(hidden, lm_head, targets):
-    """The plain formula ``z_t - logsumexp(z)`` on ``[N, V]`` float32 logits."""
-    logits = dot_f32(hidden, lm_head, (1, 0))  # [N, V]
+    """The plain formula ``z_t - logsumexp(z)`` on ``[BT, V]`` float32 logits."""
+    logits = dot_f32(hidden, lm_head, (1, 0))  # [BT, V]
     target = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
     return target - jax.nn.logsumexp(logits, axis=-1)
 
@@ -129,7 +129,7 @@ def main():
 
     print("TPU v5p (one chip) AOT compile, fwd+bwd, N=16384 D=3584 V=152064 bf16:")
     mem = tpu_memory()
-    floor = 16384 * 3584 * 4  # one f32 [N, D] accumulator: the hidden gradient
+    floor = 16384 * 3584 * 4  # one f32 [BT, D] accumulator: the hidden gradient
     print("CPU fwd+bwd, N=4096 D=512 V=32768 f32, interleaved medians:")
     load_before = os.getloadavg()[0]
     secs, cpu_secs = cpu_time(repeats=args.repeats)
@@ -149,10 +149,10 @@ def main():
         "N=16384 tokens, D=3584, V=152064, bf16 inputs; loss `sum(weights * logp)` with a",
         "per-token weight input (as in an RL loss). `naive` is `log_softmax` then",
         "`take_along_axis`; the second naive row writes the same formula as",
-        "`z_t - logsumexp(z)`, for which XLA keeps one [N, V] f32 buffer instead of two",
+        "`z_t - logsumexp(z)`, for which XLA keeps one [BT, V] f32 buffer instead of two",
         "(the smaller, conservative baseline).",
         "Temporary memory of the compiled executable (`memory_analysis().temp_size_in_bytes`);",
-        "the outputs (d hidden, d lm_head) are not temporaries. Floor: one f32 [N, D]",
+        "the outputs (d hidden, d lm_head) are not temporaries. Floor: one f32 [BT, D]",
         f'hidden-gradient accumulator = {floor / MIB:.0f} MiB. "smallest naive / this" divides',
         "the smaller naive figure by the row's.",
         "",

@@ -55,12 +55,12 @@ __all__ = [
 
 
 class SampleOutput(NamedTuple):
-    """What `generate` returns (B = P prompts x G samples, N = max_new_tokens).
+    """What `generate` returns (B = P prompts x G samples, M = max_new_tokens).
 
     Attributes:
-      tokens: [B, N] int32 response tokens; after a row's EOS, `pad_id`.
-      mask: [B, N] int32, 1 for response tokens (the EOS included), 0 after it.
-      logps: [B, N] float32 log-probs of the tokens under `log_softmax(logits / temperature)`
+      tokens: [B, M] int32 response tokens; after a row's EOS, `pad_id`.
+      mask: [B, M] int32, 1 for response tokens (the EOS included), 0 after it.
+      logps: [B, M] float32 log-probs of the tokens under `log_softmax(logits / temperature)`
         (before top-k/top-p; `log_softmax(logits)` when temperature is 0); 0 where mask is 0.
     """
 
@@ -111,10 +111,11 @@ def generate(
 
     Args:
       model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:
-        `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `lm_head_weight()`).
+        `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `decode_step(ids, cache=)`,
+        `lm_head_weight()`).
       prompt_ids: [P, T] int, LEFT-padded prompts (every row ends at column T-1).
       prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one.
-      max_new_tokens: N >= 1, the response length (the cache has T + N slots).
+      max_new_tokens: M >= 1, the response length (the cache has T + M slots).
       key: a PRNG key.
       temperature: >= 0; 0 is greedy decoding.
       top_p: nucleus mass in (0, 1]; 1 disables.
@@ -129,7 +130,7 @@ def generate(
       rules: the logical-axis rules table (name or table, see giftjax.sharding).
 
     Returns:
-      SampleOutput(tokens [P*G, N] int32, mask [P*G, N] int32, logps [P*G, N] float32).
+      SampleOutput(tokens [P*G, M] int32, mask [P*G, M] int32, logps [P*G, M] float32).
     """
     check_sampling_args(temperature, top_k, top_p)
     if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
@@ -230,7 +231,9 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
 
     # Prefill: the whole prompt into slots 0..T-1; logits of the last column only.
     cache = _constrain_cache(model.init_cache(b, t + n_new, dtype=s.cache_dtype), s)
-    hidden, cache = model(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
+    # A one-token prompt is a decode step (t is static): the same path as every later token.
+    prefill = model.decode_step if t == 1 else model
+    hidden, cache = prefill(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
     tok, logp = sample(_lm_head(model, hidden[:, -1]), 0)
     tokens = jnp.full((b, n_new), s.pad_id, jnp.int32).at[:, 0].set(tok)
     resp_mask = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(1)
@@ -244,7 +247,7 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
     def body(carry):
         step, prev, done, cache, tokens, resp_mask, logps = carry
         # One decode step: the previous token (pad for finished rows) into slot T+step-1.
-        logits, cache = nnx.merge(graphdef, state)(prev[:, None], None, cache=cache)
+        logits, cache = nnx.merge(graphdef, state).decode_step(prev[:, None], cache=cache)
         tok, logp = sample(logits[:, 0], step)
         alive = ~done
         tok = jnp.where(alive, tok, s.pad_id)

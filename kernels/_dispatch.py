@@ -1,10 +1,13 @@
-"""Choosing a kernel implementation: ``impl="auto"`` and explicit requests."""
+"""Choosing a kernel implementation: ``impl="auto"``, explicit requests, and Mosaic vs
+interpret mode for the Pallas kernels."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 
 import jax
+from jax import lax
 
 IMPL_NAMES = ("auto", "pallas", "xla", "reference")
 
@@ -26,3 +29,16 @@ def resolve_impl(impl: str, *, available: Mapping[str, object], kernel: str) -> 
             f"{kernel}: impl={impl!r} is not implemented; available: {sorted(available)}."
         )
     return impl
+
+
+def on_platform(fn: Callable[..., object], interpret: bool | None, *args):
+    """``fn(*args, interpret=...)``: Mosaic on TPU and interpret mode elsewhere, decided when
+    lowering (``lax.platform_dependent``, so an ahead-of-time TPU compile from a CPU host gets
+    the Mosaic kernels), unless ``interpret`` forces one."""
+    if interpret is not None:
+        return fn(*args, interpret=interpret)
+    return lax.platform_dependent(
+        *args,
+        tpu=functools.partial(fn, interpret=False),
+        default=functools.partial(fn, interpret=True),
+    )

@@ -1,9 +1,9 @@
 """The ``custom_vjp`` shared by the fused implementations of ``token_logprobs``.
 
 Each implementation (``xla``, ``pallas``) supplies two pure functions on
-flattened tokens (``h [N, D]``, ``W [D, V]``, ``t [N]`` int32):
+flattened tokens (``h [BT, D]``, ``W [D, V]``, ``t [BT]`` int32):
 
-* ``forward_stats -> (lse [N], z_t [N], E_p[z] [N] or None)``: the logsumexp,
+* ``forward_stats -> (lse [BT], z_t [BT], E_p[z] [BT] or None)``: the logsumexp,
   the target logit (0 when ``t`` is outside ``[0, V)``) and the mean logit;
 * ``backward(..., lse, E_p[z], g, g_H) -> (d hidden, dW)``: recomputes the logits
   block by block from the *global* statistics.
@@ -30,7 +30,7 @@ class FusedConfig(NamedTuple):
     """Static settings of one fused call (hashable: a ``nondiff_argnums`` entry)."""
 
     impl: str  # "xla" or "pallas"
-    temperature: float  # T > 0
+    temperature: float  # tau > 0
     with_entropy: bool
     block_n: int  # token block (pallas only)
     block_v: int  # vocabulary block
@@ -91,7 +91,7 @@ def backward(cfg: FusedConfig, h, w, t, lse, mean_z, g, g_ent, *, dh_dtype, dw_d
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def fused_logprobs(cfg: FusedConfig, h: jax.Array, w: jax.Array, t: jax.Array):
-    """``logps [N]`` (or ``(logps, entropy)``) float32 with a recomputing VJP."""
+    """``logps [BT]`` (or ``(logps, entropy)``) float32 with a recomputing VJP."""
     out, _ = _fwd(cfg, h, w, t)
     return out
 

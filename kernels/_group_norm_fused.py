@@ -27,9 +27,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from giftjax.kernels._dispatch import on_platform
 
 __all__ = ["GroupNormConfig", "group_normalize_fused"]
 
@@ -135,15 +136,6 @@ def _pallas_backward(xg, gz, gm, gs, cfg, interpret):
     )(xg, gz, gm, gs)
 
 
-def _on_platform(fn, *args):
-    """Mosaic on TPU, interpret mode elsewhere (decided when lowering)."""
-    return lax.platform_dependent(
-        *args,
-        tpu=functools.partial(fn, interpret=False),
-        default=functools.partial(fn, interpret=True),
-    )
-
-
 # -------------------------------------------------------------------------- custom_vjp
 
 
@@ -154,7 +146,8 @@ def _to_columns(x, cfg):
 def _forward(cfg, x):
     xg = _to_columns(x, cfg)
     if cfg.impl == "pallas":
-        z, mean, std = _on_platform(lambda a, interpret: _pallas_forward(a, cfg, interpret), xg)
+        fwd = lambda a, interpret: _pallas_forward(a, cfg, interpret)
+        z, mean, std = on_platform(fwd, None, xg)
     else:
         z, mean, std = _forward_math(xg.astype(jnp.float32), cfg)
     return z.T.reshape(-1), mean[0], std[0]
@@ -176,8 +169,8 @@ def _bwd(cfg, x, cts):
     gz = _to_columns(gz, cfg)  # [G, P]
     gm, gs = gm[None, :], gs[None, :]  # [1, P]
     if cfg.impl == "pallas":
-        dx = _on_platform(
-            lambda *a, interpret: _pallas_backward(*a, cfg, interpret), xg, gz, gm, gs
+        dx = on_platform(
+            lambda *a, interpret: _pallas_backward(*a, cfg, interpret), None, xg, gz, gm, gs
         )
     else:
         dx = _backward_math(xg.astype(jnp.float32), gz, gm, gs, cfg).astype(x.dtype)

@@ -4,26 +4,29 @@ Three kernels, all on a grid of token blocks (``block_n`` rows, a multiple of 8)
 by vocabulary blocks (``block_v`` columns, a multiple of 128), the TPU (8, 128)
 tiling; the reduction axis is innermost and "arbitrary", the other "parallel":
 
-* forward, grid ``(N/bn, V/bv)``: float32 VMEM scratch holds the running max
+* forward, grid ``(BT/bn, V/bv)``: float32 VMEM scratch holds the running max
   ``m``, the rescaled sum ``s``, the target logit and (for the entropy)
   ``a = sum exp(z - m) z``; the last vocabulary step writes ``logp = z_t - lse``,
   ``lse = m + log s`` and ``H = lse - a / s``.
-* ``d hidden``, grid ``(N/bn, V/bv)``: recomputes the logits, forms
+* ``d hidden``, grid ``(BT/bn, V/bv)``: recomputes the logits, forms
   ``dz = g (1[v = t] - p) - g_H p (z - E_p[z])`` and accumulates ``dz @ W_blk^T`` in
   a float32 ``[bn, D]`` scratch.
-* ``d W``, grid ``(V/bv, N/bn)``: the same ``dz``, accumulating ``h_blk^T @ dz``
+* ``d W``, grid ``(V/bv, BT/bn)``: the same ``dz``, accumulating ``h_blk^T @ dz``
   in a float32 ``[D, bv]`` scratch.
 
-``N`` and ``V`` need not be multiples of the blocks: the last blocks read past
+``BT`` and ``V`` need not be multiples of the blocks: the last blocks read past
 the arrays (unspecified values on a TPU, NaN in interpret mode), so vocabulary
 columns ``>= V`` are set to ``-inf`` before the max and the sum, and their ``W``
-columns and ``dz`` to zero before any matmul; token rows ``>= N`` are zeroed
+columns and ``dz`` to zero before any matmul; token rows ``>= BT`` are zeroed
 before the ``dW`` contraction. Out-of-range output rows/columns are dropped.
 
-Per-token vectors travel as ``[N, 1]`` float32 (a full-width last dimension is a
+Per-token vectors travel as ``[BT, 1]`` float32 (a full-width last dimension is a
 valid block). On a non-TPU backend the same kernels run with ``interpret=True``;
 ``lax.platform_dependent`` makes that choice when lowering, so an ahead-of-time
 compile for a TPU topology from a CPU host gets the Mosaic kernels.
+
+Shape letters: ``BT`` flattened tokens, ``D`` model width, ``V`` vocabulary; ``tau`` is the
+temperature (``inv_t = 1 / tau``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from giftjax.kernels._dispatch import on_platform
+from giftjax.kernels._logits import logit_grad, scaled_logits
 from giftjax.kernels._matmul import dot_f32
 
 __all__ = ["backward", "check_blocks", "default_blocks", "forward_stats"]
@@ -87,11 +92,6 @@ def _col_ids(shape, j, block_v):
     return j * block_v + lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
 
 
-def _logits(h, w, inv_t):
-    z = dot_f32(h, w, (1, 0))
-    return z * inv_t if inv_t != 1.0 else z
-
-
 # ----------------------------------------------------------------------------- forward
 
 
@@ -110,7 +110,7 @@ def _fwd_kernel(h_ref, w_ref, t_ref, *refs, inv_t, vocab, block_v, with_entropy)
         if with_entropy:
             a_sc[...] = jnp.zeros(a_sc.shape, jnp.float32)
 
-    z = _logits(h_ref[...], w_ref[...], inv_t)  # [bn, bv] f32
+    z = scaled_logits(h_ref[...], w_ref[...], inv_t)  # [bn, bv] f32
     cols = _col_ids(z.shape, j, block_v)
     valid = cols < vocab
     z = jnp.where(valid, z, -jnp.inf)  # vocabulary padding never reaches the logsumexp
@@ -165,16 +165,6 @@ def _forward(h, w, t2, *, inv_t, with_entropy, block_n, block_v, interpret):
 # ---------------------------------------------------------------------------- backward
 
 
-def _dz(z, cols, t, lse, g, mean_z, g_ent, inv_t):
-    """Logit gradient of ``g * logp + g_H * H`` (float32), times ``1 / T``."""
-    p = jnp.exp(z - lse)
-    onehot = (cols == t).astype(jnp.float32)
-    dz = g * (onehot - p)
-    if g_ent is not None:
-        dz = dz - g_ent * p * (z - mean_z)
-    return dz * inv_t if inv_t != 1.0 else dz
-
-
 def _dh_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, *refs, inv_t, vocab, block_v, with_entropy):
     if with_entropy:
         mz_ref, ge_ref, dh_ref, acc = refs
@@ -188,10 +178,10 @@ def _dh_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, *refs, inv_t, vocab, block_v
 
     w = w_ref[...]  # [D, bv]
     w = jnp.where(_col_ids(w.shape, j, block_v) < vocab, w, jnp.zeros_like(w))
-    z = _logits(h_ref[...], w, inv_t)  # [bn, bv]
+    z = scaled_logits(h_ref[...], w, inv_t)  # [bn, bv]
     cols = _col_ids(z.shape, j, block_v)
     mean_z, g_ent = (mz_ref[...], ge_ref[...]) if with_entropy else (None, None)
-    dz = _dz(z, cols, t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
+    dz = logit_grad(z, cols == t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
     dz = jnp.where(cols < vocab, dz, 0.0).astype(w.dtype)
     # [bn, bv] x [D, bv] -> [bn, D]
     acc[...] += dot_f32(dz, w, (1, 1))
@@ -217,10 +207,10 @@ def _dw_kernel(
     h = h_ref[...]  # [bn, D]
     rows_h = i * block_n + lax.broadcasted_iota(jnp.int32, h.shape, 0)
     h = jnp.where(rows_h < num_tokens, h, jnp.zeros_like(h))  # token padding -> 0
-    z = _logits(h, w_ref[...], inv_t)  # [bn, bv]
+    z = scaled_logits(h, w_ref[...], inv_t)  # [bn, bv]
     cols = _col_ids(z.shape, j, block_v)
     mean_z, g_ent = (mz_ref[...], ge_ref[...]) if with_entropy else (None, None)
-    dz = _dz(z, cols, t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
+    dz = logit_grad(z, cols == t_ref[...], lse_ref[...], g_ref[...], mean_z, g_ent, inv_t)
     rows = i * block_n + lax.broadcasted_iota(jnp.int32, dz.shape, 0)
     dz = jnp.where(rows < num_tokens, dz, 0.0).astype(h.dtype)
     # [bn, D] x [bn, bv] -> [D, bv]
@@ -293,17 +283,6 @@ def _backward(
 # ------------------------------------------------------------------------ entry points
 
 
-def _on_platform(fn, interpret, *args):
-    """Mosaic on TPU, interpret mode elsewhere (decided when lowering), unless forced."""
-    if interpret is not None:
-        return fn(*args, interpret=interpret)
-    return lax.platform_dependent(
-        *args,
-        tpu=functools.partial(fn, interpret=False),
-        default=functools.partial(fn, interpret=True),
-    )
-
-
 def check_blocks(block_n: int, block_v: int) -> None:
     """Block shapes must satisfy the TPU (8, 128) tiling."""
     if not isinstance(block_n, int) or block_n < 8 or block_n % 8:
@@ -317,12 +296,12 @@ def check_blocks(block_n: int, block_v: int) -> None:
 
 
 def forward_stats(h, w, t, *, inv_t, with_entropy, block_n, block_v, interpret=None):
-    """``(lse [N], target logit [N] (0 when t is outside [0, V)), E_p[z] [N] or None)``."""
+    """``(lse [BT], target logit [BT] (0 when t is outside [0, V)), E_p[z] [BT] or None)``."""
     check_blocks(block_n, block_v)
     fwd = functools.partial(
         _forward, inv_t=inv_t, with_entropy=with_entropy, block_n=block_n, block_v=block_v
     )
-    outs = _on_platform(fwd, interpret, h, w, t.astype(jnp.int32)[:, None])
+    outs = on_platform(fwd, interpret, h, w, t.astype(jnp.int32)[:, None])
     lse, tgt = outs[0][:, 0], outs[1][:, 0]
     return lse, tgt, (outs[2][:, 0] if with_entropy else None)
 
@@ -330,9 +309,9 @@ def forward_stats(h, w, t, *, inv_t, with_entropy, block_n, block_v, interpret=N
 def backward(
     h, w, t, lse, mean_z, g, g_ent, *, inv_t, block_n, block_v, dh_dtype, dw_dtype, interpret=None
 ):
-    """``(d hidden [N, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
+    """``(d hidden [BT, D] in dh_dtype, dW [D, V] in dw_dtype)`` from global statistics."""
     check_blocks(block_n, block_v)
-    col = lambda x: None if x is None else x.astype(jnp.float32)[:, None]  # [N] -> [N, 1]
+    col = lambda x: None if x is None else x.astype(jnp.float32)[:, None]  # [BT] -> [BT, 1]
     bwd = functools.partial(
         _backward,
         inv_t=inv_t,
@@ -342,4 +321,4 @@ def backward(
         dw_dtype=dw_dtype,
     )
     args = (h, w, t.astype(jnp.int32)[:, None], col(lse), col(g), col(mean_z), col(g_ent))
-    return _on_platform(bwd, interpret, *args)
+    return on_platform(bwd, interpret, *args)

@@ -6,7 +6,7 @@ A Pallas TPU kernel cannot be partitioned by XLA, so the fused log-probs run ins
 ``lse_k``, target logit ``z_t^(k)`` (0 when the target is in another shard) and mean
 logit ``E_k[z]``. They combine exactly over the vocabulary axis::
 
-    lse    = M + log sum_k exp(lse_k - M),   M = max_k lse_k       (pmax, psum)
+    lse    = m + log sum_k exp(lse_k - m),   m = max_k lse_k       (pmax, psum)
     z_t    = sum_k z_t^(k)                                          (psum)
     E_p[z] = sum_k exp(lse_k - lse) E_k[z]                          (psum)
 
@@ -151,8 +151,8 @@ def token_logprobs_sharded(
                 f"vocab_axis={vocab_axis!r}."
             )
     batch_shape = targets.shape
-    h = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
-    t = targets.reshape(-1).astype(jnp.int32)  # [N]
+    h = hidden.reshape(-1, hidden.shape[-1])  # [BT, D]
+    t = targets.reshape(-1).astype(jnp.int32)  # [BT]
     n, vocab = h.shape[0], lm_head.shape[1]
     n_tok = math.prod(mesh.shape[a] for a in token_axes)
     n_voc = mesh.shape[vocab_axis]

@@ -1,19 +1,22 @@
-"""Per-token log-probabilities through the LM head, without the [N, V] logits.
+"""Per-token log-probabilities through the LM head, without the [BT, V] logits.
 
 For each token n with final hidden state ``h_n`` (a row of ``hidden``), LM head
-``W: [D, V]``, target id ``t_n`` and temperature ``T``::
+``W: [D, V]``, target id ``t_n`` and temperature ``tau``::
 
-    z_n     = (h_n / T) @ W                      # logits, [V]
+    z_n     = (h_n / tau) @ W                    # logits, [V]
     lse_n   = log sum_v exp(z_nv)                # log Z
     logp_n  = z_n[t_n] - lse_n                   # log softmax, gathered
     H_n     = lse_n - sum_v softmax(z_n)_v z_nv  # entropy = log Z - E_p[z]
 
-The ``[N, V]`` logits of a long batch and a large vocabulary (16k tokens x 152k
+The ``[BT, V]`` logits of a long batch and a large vocabulary (16k tokens x 152k
 Qwen2.5 ids = 10 GB in float32) are the usual out-of-memory point of RL
 fine-tuning. The ``xla`` and ``pallas`` implementations block over the
 vocabulary with an online logsumexp (Milakov & Gimelshein, 2018, "Online
 normalizer calculation for softmax", arXiv 1805.02867) and recompute each block
-of logits in the backward pass, so only ``[N]`` statistics are saved.
+of logits in the backward pass, so only ``[BT]`` statistics are saved.
+
+Shape letters: ``BT`` flattened tokens (every leading axis of ``hidden``, e.g. B rows x T
+positions), ``D`` model width, ``V`` vocabulary; ``tau`` is the temperature.
 
 Implementations (``impl``):
   * ``"reference"``: the plain formula in float32 (for tests).
@@ -77,7 +80,7 @@ def token_logprobs_reference(
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """The plain formula: ``log_softmax(hidden / T @ W)`` gathered, in float32.
+    """The plain formula: ``log_softmax(hidden / tau @ W)`` gathered, in float32.
 
     Materialises the ``[..., V]`` logits; for tests and small problems.
     """
@@ -105,9 +108,9 @@ def token_logprobs(
     block_v: int | None = None,
     block_n: int | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Log-probability of each target token under ``softmax(hidden / T @ lm_head)``.
+    """Log-probability of each target token under ``softmax(hidden / tau @ lm_head)``.
 
-    ``logp[...] = z[..., t] - logsumexp(z)`` with ``z = (hidden / T) @ lm_head``,
+    ``logp[...] = z[..., t] - logsumexp(z)`` with ``z = (hidden / tau) @ lm_head``,
     and optionally the entropy ``H = logsumexp(z) - sum_v softmax(z)_v z_v``, without
     materialising the ``[..., V]`` logits (except with ``impl="reference"``).
 
@@ -115,7 +118,7 @@ def token_logprobs(
       hidden: ``[..., D]`` final hidden states, bf16 or f32.
       lm_head: ``[D, V]`` output projection, same dtype as ``hidden``.
       targets: ``[...]`` integer token ids in ``[0, V)``.
-      temperature: ``T > 0``, a static Python float; logits are ``hidden / T @ W``.
+      temperature: ``tau > 0``, a static Python float; logits are ``hidden / tau @ W``.
       with_entropy: also return the per-token entropy of the tempered softmax.
       impl: ``"auto"`` (pallas on TPU, xla elsewhere), ``"pallas"``, ``"xla"``
         or ``"reference"``.
@@ -135,8 +138,8 @@ def token_logprobs(
             hidden, lm_head, targets, temperature=temperature, with_entropy=with_entropy
         )
     batch_shape = targets.shape
-    h = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
-    t = targets.reshape(-1).astype(jnp.int32)  # [N]
+    h = hidden.reshape(-1, hidden.shape[-1])  # [BT, D]
+    t = targets.reshape(-1).astype(jnp.int32)  # [BT]
     cfg = _fused.make_config(
         impl,
         num_tokens=h.shape[0],

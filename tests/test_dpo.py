@@ -76,10 +76,12 @@ def test_golden_values_gradients_and_aux(loss_type, beta, ls):
     for g, sign in zip(grads, (1, -1, -1, 1), strict=True):
         np.testing.assert_allclose(g, sign * dh, rtol=GRAD_RTOL, atol=GRAD_ATOL)
     c, r, rc, rr = (x.astype(np.float64) for x in pairs)
-    np.testing.assert_allclose(aux["reward_accuracy"], np.mean(h > 0), rtol=RTOL)
-    np.testing.assert_allclose(aux["chosen_reward"], np.mean(beta * (c - rc)), rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["rejected_reward"], np.mean(beta * (r - rr)), RTOL, ATOL)
-    np.testing.assert_allclose(aux["margin"], np.mean(beta * h), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["dpo/reward_accuracy"], np.mean(h > 0), rtol=RTOL)
+    np.testing.assert_allclose(
+        aux["dpo/chosen_reward"], np.mean(beta * (c - rc)), rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(aux["dpo/rejected_reward"], np.mean(beta * (r - rr)), RTOL, ATOL)
+    np.testing.assert_allclose(aux["dpo/margin"], np.mean(beta * h), rtol=RTOL, atol=ATOL)
     assert float(aux["denominator"]) == len(c)
     np.testing.assert_allclose(aux["numerator"], want * len(c), rtol=RTOL)
     if loss_type == "hinge":

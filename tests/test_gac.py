@@ -402,6 +402,56 @@ def test_chain_with_adamw_and_metrics():
     np.testing.assert_allclose(np.asarray(upd["w"]), 0.02, rtol=1e-5)
 
 
+def test_inject_hyperparams_follows_gac_under_jit():
+    """optax.inject_hyperparams(optim.gac): every numeric hyperparameter becomes an array in
+    the state and the prior schedule is evaluated at the update count; init and update run
+    under jit and the trajectory is DESIGN 2.4's (the float64 transcription)."""
+    tx = optax.inject_hyperparams(optim.gac)(
+        alpha=0.5, estimator="proxy", refresh_every=2, max_step=0.05
+    )
+    state = jax.jit(tx.init)(PARAMS)
+    numeric = {"alpha", "blend", "ema", "refresh_every", "max_step", "init", "smooth", "eps"}
+    assert numeric | {"prior"} <= set(state.hyperparams)
+    update = jax.jit(tx.update)
+    measurements = random_measurements(5, 12, spread=1.0)
+    got = []
+    for row in measurements:
+        stats = optim.GacStats(sft_var=row[0], rl_var=row[1], disagreement=row[2])
+        upd, state = update(GRADS, state, PARAMS, gac_stats=stats)
+        gac_state = optim.find_gac_state(state)
+        got.append([float(gac_state.mu), float(gac_state.mu_raw), float(gac_state.prior)])
+        np.testing.assert_allclose(np.asarray(upd["w"]), 2 * float(gac_state.mu) - 1, rtol=1e-6)
+    ref = np_gac(measurements, smoothing="separate", refresh_every=2, max_step=0.05)
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
+
+
+def test_inject_hyperparams_changing_alpha_changes_the_update():
+    """With blend=1, smooth=0 and no step cap, mu = mu_raw = (alpha D^2 + s_rl^2) / (D^2 +
+    s_sft^2 + s_rl^2): a new injected alpha, set in the state, changes the combined gradient
+    2 mu - 1 of the same jitted update."""
+    tx = optax.inject_hyperparams(optim.gac)(
+        alpha=0.5, blend=1.0, smooth=0.0, max_step=1.0, estimator="proxy"
+    )
+    update = jax.jit(tx.update)
+    fresh = jax.jit(tx.init)(PARAMS)
+    stats = optim.GacStats(sft_var=1.0, rl_var=3.0, disagreement=2.0)
+    combined = {}
+    for alpha in (0.5, 0.8):
+        state = fresh._replace(hyperparams={**fresh.hyperparams, "alpha": jnp.float32(alpha)})
+        upd, state = update(GRADS, state, PARAMS, gac_stats=stats)
+        mu = (alpha * 2.0 + 3.0) / (2.0 + 1.0 + 3.0)  # 2/3, then 0.76667
+        np.testing.assert_allclose(float(optim.find_gac_state(state).mu), mu, rtol=1e-6)
+        combined[alpha] = np.asarray(upd["w"])
+        np.testing.assert_allclose(combined[alpha], 2 * mu - 1, rtol=1e-6)
+    assert not np.allclose(combined[0.5], combined[0.8])
+
+
+def test_array_hyperparameters_are_not_checked_but_must_be_scalars():
+    optim.gac(alpha=jnp.float32(1.5), refresh_every=jnp.int32(0), prior=jnp.float32(0.2))
+    with pytest.raises(ValueError, match=r"alpha must be a scalar, got an array of shape \(2,\)"):
+        optim.gac(alpha=jnp.zeros(2))
+
+
 # ----------------------------------------------------------------------------------------
 # Errors.
 # ----------------------------------------------------------------------------------------

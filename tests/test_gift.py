@@ -118,6 +118,22 @@ def test_matches_numpy(seed, kw):
     assert float(aux["gift/zero_var_frac"]) == pytest.approx(1 / 3)
 
 
+def test_aux_keys():
+    """The metric names the trainer logs as they are (`family/name`)."""
+    logps, ref, mask, rewards = make_batch(0)
+    _, aux = losses.gift_loss(logps, ref, mask, rewards, group_size=4)
+    assert set(aux) == {
+        "numerator",
+        "denominator",
+        "gift/alignment",
+        "gift/floored_frac",
+        "gift/zero_var_frac",
+        "gift/implicit_reward_mean",
+        "gift/implicit_reward_group_std",
+        "gift/reward_group_std",
+    }
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_author_preset_reproduces_released_steps(seed):
     logps, ref, mask, rewards = make_batch(seed, masked_rows=(5,))

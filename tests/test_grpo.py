@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from giftjax.losses import AGG_MODES, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, kl_penalty
+from giftjax.losses.common import apply_preset
 from giftjax.losses.grpo import GRPO_PRESETS
 
 RTOL = 1e-6  # values, float32 against float64
@@ -151,8 +152,8 @@ def test_golden_every_agg_and_importance(agg, importance):
     np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, dwant, rtol=GRAD_RTOL, atol=GRAD_ATOL)
     np.testing.assert_allclose(aux["numerator"] / aux["denominator"], want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["ratio_mean"], ratio_mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/ratio_mean"], ratio_mean, rtol=RTOL, atol=ATOL)
     assert 0.0 < clip_frac < 1.0, "the test batch must exercise both clipped and free tokens"
 
 
@@ -165,7 +166,7 @@ def test_golden_kl_estimators(estimator, agg):
     want, dwant, _, _, kl_mean, _ = ref(batch, ref_logps=batch["ref_logps"], **kw)
     np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, dwant, rtol=GRAD_RTOL, atol=GRAD_ATOL)
-    np.testing.assert_allclose(aux["kl_mean"], kl_mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/kl_mean"], kl_mean, rtol=RTOL, atol=ATOL)
 
 
 def test_kl_penalty_formulas():
@@ -189,8 +190,8 @@ def test_golden_dual_clip(importance):
     want, dwant, clip_frac, dual_frac, _, _ = ref(batch, **kw)
     np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, dwant, rtol=GRAD_RTOL, atol=GRAD_ATOL)
-    np.testing.assert_allclose(aux["dual_clip_fraction"], dual_frac, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/dual_clip_fraction"], dual_frac, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
     assert dual_frac > 0, "the batch must trigger the dual clip"
     without, _, _ = run(batch, importance=importance, agg="seq-mean-token-sum")
     assert loss < without, "the dual clip caps losses, so it can only lower the total"
@@ -202,7 +203,7 @@ def test_dual_clip_caps_at_c_times_abs_advantage():
     mask, adv = jnp.ones((1, 1)), jnp.array([-2.0])
     loss, aux = grpo_loss(lp, old, mask, adv, dual_clip=3.0)
     np.testing.assert_allclose(loss, 3.0 * 2.0, rtol=1e-7)
-    assert float(aux["dual_clip_fraction"]) == 1.0
+    assert float(aux["grpo/dual_clip_fraction"]) == 1.0
     loss, _ = grpo_loss(lp, old, mask, adv)
     np.testing.assert_allclose(loss, 2.0 * np.exp(3.0), rtol=1e-6)
 
@@ -213,7 +214,7 @@ def test_hand_computed_clip_values():
     mask, adv = jnp.ones((1, 3)), jnp.array([1.0])
     loss, aux = grpo_loss(lp, jnp.zeros_like(lp), mask, adv)
     np.testing.assert_allclose(loss, -(1.2 + np.exp(-0.5) + 1.0) / 3, rtol=1e-6)
-    np.testing.assert_allclose(aux["clip_fraction"], 1 / 3, rtol=1e-6)  # only token 0
+    np.testing.assert_allclose(aux["grpo/clip_fraction"], 1 / 3, rtol=1e-6)  # only token 0
 
 
 def test_gspo_ratio_is_length_normalised_sequence_ratio():
@@ -221,7 +222,7 @@ def test_gspo_ratio_is_length_normalised_sequence_ratio():
     lp = jnp.array([[0.3, 0.1, 9.0]])
     mask, adv = jnp.array([[1.0, 1.0, 0.0]]), jnp.array([1.0])
     loss, aux = grpo_loss(lp, jnp.zeros_like(lp), mask, adv, importance="sequence", clip_high=1.0)
-    np.testing.assert_allclose(aux["ratio_mean"], np.exp(0.2), rtol=1e-6)
+    np.testing.assert_allclose(aux["grpo/ratio_mean"], np.exp(0.2), rtol=1e-6)
     np.testing.assert_allclose(loss, -np.exp(0.2), rtol=1e-6)
     # Gradient: s A / |y| on each response token (seq-mean-token-mean would give the same
     # here; token-mean over 2 tokens), 0 on padding.
@@ -291,7 +292,7 @@ def test_presets_apply_published_values(preset):
     got, aux = grpo_loss(*args, ref_logps=ref_logps, preset=preset)
     want, _, clip_frac, *_ = np_grpo(*args, ref_logps=ref_logps, **GRPO_PRESETS[preset])
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["grpo/clip_fraction"], clip_frac, rtol=RTOL, atol=ATOL)
 
 
 def test_preset_table_matches_papers():
@@ -314,10 +315,27 @@ def test_wrappers_equal_presets(wrapper, preset):
     got, got_aux = wrapper(*args, max_len=16)
     want, want_aux = grpo_loss(*args, preset=preset, max_len=16)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got_aux["clip_fraction"], want_aux["clip_fraction"])
+    np.testing.assert_array_equal(got_aux["grpo/clip_fraction"], want_aux["grpo/clip_fraction"])
     with pytest.raises(TypeError, match=f"{preset}_loss sets preset"):
         wrapper(*args, preset="grpo")
     assert wrapper.__name__ == f"{preset}_loss" and preset in wrapper.__doc__
+
+
+def test_preset_defaults_come_from_the_signature():
+    """apply_preset reads "was this argument left at its default?" from the function's own
+    signature: a value equal to the signature's default yields to the preset, any other value
+    that differs from the preset's raises."""
+
+    def loss(*, clip=0.3, agg="token-mean", preset=None):
+        del preset
+
+    presets = {"p": {"clip": 0.1}}
+    assert apply_preset(loss, "p", presets, {"clip": 0.3, "agg": "x"}) == {"clip": 0.1, "agg": "x"}
+    assert apply_preset(loss, "p", presets, {"clip": 0.1, "agg": "x"})["clip"] == 0.1
+    with pytest.raises(ValueError, match=r"loss: preset='p' sets clip=0\.1, but clip=0\.2"):
+        apply_preset(loss, "p", presets, {"clip": 0.2, "agg": "x"})
+    with pytest.raises(TypeError, match=r"loss has no argument 'beta' with a default"):
+        apply_preset(loss, "p", presets, {"clip": 0.3, "beta": 1.0})
 
 
 def test_preset_refuses_conflicting_explicit_argument():

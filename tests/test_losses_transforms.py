@@ -10,6 +10,7 @@ For every loss configuration:
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,15 @@ def test_vmap_over_a_leading_axis(name):
         np.testing.assert_allclose(aux["numerator"][n], want_aux["numerator"], RTOL, ATOL)
         for key in keys:
             np.testing.assert_allclose(grads[key][n], want_grads[key], GRAD_RTOL, GRAD_ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_aux_keys_are_family_slash_name(name):
+    """Every metric in aux is `family/name`, the family the loss's own (`grpo` for every preset
+    and variant); `numerator` and `denominator` are the two exceptions accumulation relies on."""
+    fn, _ = CASES[name]
+    _, aux = fn(make_data(2))
+    family = name.split("-")[0].replace("dr_grpo", "grpo")
+    metrics = set(aux) - {"numerator", "denominator"}
+    assert {"numerator", "denominator"} <= set(aux)
+    assert metrics and all(re.fullmatch(rf"{family}/[a-z_]+", key) for key in metrics), metrics

@@ -36,11 +36,19 @@ def _model(**kw):
 
 _forward = nnx.jit(lambda m, tokens, mask: m(tokens, mask))
 _cached = nnx.jit(lambda m, tokens, mask, cache: m(tokens, mask, cache=cache))
+_decode = nnx.jit(lambda m, tokens, mask, cache: m.decode_step(tokens, mask, cache=cache))
 
 
 @pytest.mark.parametrize("qkv_bias,qk_norm", [(False, True), (True, False)])
-@pytest.mark.parametrize("chunks", [(1,) * 5, (2, 3)])
-def test_prefill_then_decode_equals_full_forward(qkv_bias, qk_norm, chunks):
+@pytest.mark.parametrize(
+    "chunks,step",
+    [
+        pytest.param((1,) * 5, _cached, id="call-1x5"),
+        pytest.param((1,) * 5, _decode, id="decode_step-1x5"),
+        pytest.param((2, 3), _cached, id="call-2+3"),
+    ],
+)
+def test_prefill_then_decode_equals_full_forward(qkv_bias, qk_norm, chunks, step):
     model = _model(qkv_bias=qkv_bias, qk_norm=qk_norm)
     rng = np.random.default_rng(0)
     b, t_prompt, n_new = 3, 6, sum(chunks)
@@ -62,7 +70,7 @@ def test_prefill_then_decode_equals_full_forward(qkv_bias, qk_norm, chunks):
     start = t_prompt
     for n in chunks:
         chunk = jnp.asarray(tokens[:, start : start + n])
-        logits, cache = _cached(model, chunk, None, cache)
+        logits, cache = step(model, chunk, None, cache)
         np.testing.assert_allclose(np.asarray(logits), full[:, start : start + n], atol=ATOL)
         start += n
     assert int(cache.index) == t_prompt + n_new
@@ -91,6 +99,31 @@ def test_cache_shapes_and_errors():
         model(jnp.zeros((3, 1), jnp.int32), cache=cache)
     with pytest.raises(ValueError, match="attention_mask"):
         model(jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"one token per row.*\(2, 2\)"):
+        model.decode_step(jnp.zeros((2, 2), jnp.int32), cache=cache)
+    with pytest.raises(ValueError, match="rows"):
+        model.decode_step(jnp.zeros((3, 1), jnp.int32), cache=cache)
+
+
+def test_decode_step_equals_one_token_call():
+    """decode_step and model(..., cache=) with T = 1 are two paths to the same step: the same
+    cache bookkeeping exactly, logits and written keys/values up to float32 rounding."""
+    model = _model(qkv_bias=True)
+    rng = np.random.default_rng(2)
+    prompt = jnp.asarray(rng.integers(1, 97, size=(2, 4)), jnp.int32)
+    prompt_mask = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1]], jnp.int32)
+    _, cache = _cached(model, prompt * prompt_mask, prompt_mask, model.init_cache(2, 7))
+    token = jnp.asarray(rng.integers(1, 97, size=(2, 1)), jnp.int32)
+    token_mask = jnp.asarray([[1], [0]], jnp.int32)  # a padding token in row 1 too
+    want, want_cache = _cached(model, token, token_mask, cache)
+    got, got_cache = _decode(model, token, token_mask, cache)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=ATOL)
+    for name in ("mask", "index", "positions"):
+        np.testing.assert_array_equal(getattr(got_cache, name), getattr(want_cache, name))
+    for name in ("k", "v"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(got_cache, name)), np.asarray(getattr(want_cache, name)), atol=ATOL
+        )
 
 
 def test_greedy_decode_loop_under_jit_matches_full_forward():
@@ -111,7 +144,7 @@ def test_greedy_decode_loop_under_jit_matches_full_forward():
 
         def step(i, carry):
             out, cache = carry
-            logits, cache = nnx.merge(graphdef, state)(
+            logits, cache = nnx.merge(graphdef, state).decode_step(
                 jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1), cache=cache
             )
             return out.at[:, i].set(jnp.argmax(logits[:, -1], -1)), cache

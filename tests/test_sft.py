@@ -64,8 +64,8 @@ def test_golden_values_gradients_and_aux(weighting, agg):
     want, dwant, nll_mean, phi_mean = np_sft(lp, mask, weighting=weighting, agg=agg)
     np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, dwant, rtol=GRAD_RTOL, atol=GRAD_ATOL)
-    np.testing.assert_allclose(aux["nll_mean"], nll_mean, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["phi_mean"], phi_mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["sft/nll_mean"], nll_mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["sft/phi_mean"], phi_mean, rtol=RTOL, atol=ATOL)
 
 
 def test_default_is_token_mean_nll():

@@ -66,9 +66,9 @@ def test_golden_values_gradients_and_aux(kind, beta):
     want, dwant, k, s = np_una(lp, ref, mask, target, beta=beta, kind=kind)
     np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, dwant, rtol=GRAD_RTOL, atol=GRAD_ATOL)
-    np.testing.assert_allclose(aux["implicit_reward_mean"], k.mean(), rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["score_mean"], s.mean(), rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(aux["target_mean"], np.mean(target), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["una/implicit_reward_mean"], k.mean(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["una/score_mean"], s.mean(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(aux["una/target_mean"], np.mean(target), rtol=RTOL, atol=ATOL)
     assert float(aux["denominator"]) == lp.shape[0]
 
 

@@ -62,12 +62,7 @@ def group_advantages(
     common.check_float("rewards", rewards, 1, shape_doc="[B]")
     common.check_group_size(group_size, rewards.shape[0])
     scale = common.apply_preset(
-        "group_advantages",
-        method,
-        _METHOD_PRESETS,
-        {"scale": scale},
-        {"scale": "group"},
-        arg="method",
+        group_advantages, method, _METHOD_PRESETS, {"scale": scale}, arg="method"
     )["scale"]
     rewards = jax.lax.stop_gradient(rewards.astype(jnp.float32))
     z, mean, _ = kernels.group_normalize(rewards, group_size=group_size, eps=eps, ddof=ddof)

@@ -10,10 +10,13 @@ Shape letters: ``B`` sequences (``P`` prompts x ``G`` samples), ``T`` response t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from giftjax.losses._hyper import is_number
 
 Array = jax.Array
 
@@ -30,6 +33,33 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise if ``value`` is not one of ``choices``, listing them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def is_scalar_array(name: str, value: object) -> bool:
+    """True for a 0-d array, concrete or traced (a hyperparameter swept under ``jax.vmap`` or
+    injected by ``optax.inject_hyperparams``), which a check cannot read and lets through.
+
+    Raises:
+      ValueError: for an array of any other rank, naming ``name`` and the shape.
+    """
+    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+        return False
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {jnp.shape(value)}.")
+    return True
+
+
+def check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
+    """Raise unless ``value`` is a real number in [0, 1] (or [0, 1) with ``upper_open``);
+    a scalar array passes unchecked (:func:`is_scalar_array`)."""
+    if is_scalar_array(name, value):
+        return
+    ok = is_number(value)
+    if ok:
+        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
 
 
 def check_float(name: str, x: Array, ndim: int, *, shape_doc: str) -> None:
@@ -133,6 +163,21 @@ def sequence_logps(logps: Array, mask: Array, *, reduce: str = "sum") -> Array:
     return total / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
 
 
+def implicit_reward(logps: Array, ref_logps: Array, mask: Array) -> Array:
+    """The implicit reward of DPO, GIFT and UNA, summed over response tokens (float32 ``[B]``).
+
+    ``k_i = sum_t mask[i,t] (logps[i,t] - ref_logps[i,t])``: no length normalisation. The
+    caller decides whether gradients flow into ``ref_logps`` (wrap it in ``stop_gradient``).
+
+    Args:
+      logps: ``[B, T]`` per-token log-probs under the policy.
+      ref_logps: ``[B, T]`` the same under the reference policy.
+      mask: ``[B, T]`` response mask (bool, int or float 0/1).
+    """
+    diff = logps.astype(jnp.float32) - ref_logps.astype(jnp.float32)  # [B, T]
+    return jnp.sum(diff * as_float_mask(mask), axis=-1)
+
+
 def safe_divide(numerator: Array, denominator: Array) -> Array:
     """``numerator / denominator``, and 0 where the denominator is 0."""
     nonzero = denominator != 0
@@ -199,12 +244,30 @@ def finish(numerator: Array, denominator: Array, metrics: dict[str, Array]) -> t
     return safe_divide(numerator, denominator), aux
 
 
+def signature_defaults(fn: Callable[..., object], names: Iterable[str]) -> dict[str, object]:
+    """The default values of ``fn``'s arguments ``names``, read from its signature.
+
+    Raises:
+      TypeError: if ``fn`` has no argument of one of the names, or it has no default.
+    """
+    params = inspect.signature(fn).parameters
+    defaults = {}
+    for name in names:
+        param = params.get(name)
+        if param is None or param.default is inspect.Parameter.empty:
+            raise TypeError(
+                f"{fn.__name__} has no argument {name!r} with a default value; its arguments "
+                f"are {list(params)}."
+            )
+        defaults[name] = param.default
+    return defaults
+
+
 def apply_preset(
-    fn_name: str,
+    fn: Callable[..., object],
     preset: str | None,
     presets: dict[str, dict[str, object]],
     given: dict[str, object],
-    defaults: dict[str, object],
     *,
     arg: str = "preset",
 ) -> dict[str, object]:
@@ -212,16 +275,15 @@ def apply_preset(
 
     ``preset=None`` returns ``given`` unchanged. A named preset supplies its published
     values for the arguments it controls. Passing one of those arguments with a value other
-    than the function's default is refused (ValueError naming it), so that nothing the
-    caller asked for is silently overridden: use ``preset=None`` and set every argument to
-    depart from a preset.
+    than the function's default (read from ``fn``'s signature, so the two cannot drift) is
+    refused (ValueError naming it), so that nothing the caller asked for is silently
+    overridden: use ``preset=None`` and set every argument to depart from a preset.
 
     Args:
-      fn_name: the loss's name, for messages.
+      fn: the loss function, for its name and its default values.
       preset: the preset name or None.
       presets: name -> {argument: value}.
       given: the values the function received, by argument name.
-      defaults: the function's default values, by argument name.
       arg: the name of the preset argument, for messages.
 
     Returns:
@@ -229,7 +291,9 @@ def apply_preset(
     """
     if preset is None:
         return dict(given)
+    fn_name = fn.__name__
     check_choice(f"{fn_name}: {arg}", preset, (None, *presets))
+    defaults = signature_defaults(fn, given)
     resolved = dict(given)
     for name, value in presets[preset].items():
         if given[name] != defaults[name] and given[name] != value:

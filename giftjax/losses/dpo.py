@@ -57,9 +57,9 @@ def dpo_loss(
     Returns:
       ``(loss, aux)`` with ``loss = aux["numerator"] / aux["denominator"]``, the numerator
       the sum of per-pair losses and the denominator ``B``. ``aux`` also has
-      ``reward_accuracy`` (share of pairs with ``h > 0``), ``chosen_reward`` and
-      ``rejected_reward`` (means of the implicit rewards ``beta (log pi - log pi_ref)``)
-      and ``margin`` (mean of ``beta h``).
+      ``dpo/reward_accuracy`` (share of pairs with ``h > 0``), ``dpo/chosen_reward`` and
+      ``dpo/rejected_reward`` (means of the implicit rewards ``beta (log pi - log pi_ref)``)
+      and ``dpo/margin`` (mean of ``beta h``).
 
     References:
       Rafailov et al., `Direct Preference Optimization: Your Language Model is Secretly a
@@ -100,9 +100,9 @@ def dpo_loss(
         per_pair = jax.nn.relu(1.0 - beta * h)
 
     metrics = {
-        "reward_accuracy": jnp.mean((h > 0).astype(f32)),
-        "chosen_reward": jnp.mean(beta * chosen_ratio),
-        "rejected_reward": jnp.mean(beta * rejected_ratio),
-        "margin": jnp.mean(beta * h),
+        "dpo/reward_accuracy": jnp.mean((h > 0).astype(f32)),
+        "dpo/chosen_reward": jnp.mean(beta * chosen_ratio),
+        "dpo/rejected_reward": jnp.mean(beta * rejected_ratio),
+        "dpo/margin": jnp.mean(beta * h),
     }
     return finish(jnp.sum(per_pair), jnp.asarray(batch, f32), metrics)

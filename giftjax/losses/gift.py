@@ -112,8 +112,9 @@ def gift_loss(
 
     Returns:
       ``(loss, aux)``; ``aux`` holds ``numerator``, ``denominator`` (rows counted),
-      ``implicit_reward/mean`` (mean of ``beta k``), ``implicit_reward/group_std`` (mean
-      over groups of ``std_g k``), ``reward/group_std``, ``gift/alignment`` (mean of
+      ``gift/implicit_reward_mean`` (mean of ``beta k``), ``gift/implicit_reward_group_std``
+      (mean over groups of ``std_g k``), ``gift/reward_group_std`` (mean over groups of
+      ``std_g r``), ``gift/alignment`` (mean of
       ``A z``: 1 when the two rankings agree with ddof=0), ``gift/floored_frac``
       (fraction of groups whose ``std_g k`` is below the floor) and
       ``gift/zero_var_frac`` (fraction of groups whose rewards are all equal).
@@ -133,21 +134,12 @@ def gift_loss(
         "std_floor": std_floor,
         "zero_var_groups": zero_var_groups,
     }
-    defaults = {
-        "eps": 1e-6,
-        "ddof": 1,
-        "stop_grad_stats": True,
-        "std_floor": DEFAULT_STD_FLOOR,
-        "zero_var_groups": "keep",
-    }
-    opts = common.apply_preset("gift_loss", preset, _PRESETS, given, defaults)
+    opts = common.apply_preset(gift_loss, preset, _PRESETS, given)
     common.check_choice("zero_var_groups", opts["zero_var_groups"], ZERO_VAR_MODES)
     if opts["std_floor"] < 0:
         raise ValueError(f"std_floor must be >= 0, got {opts['std_floor']!r}.")
 
-    m = common.as_float_mask(mask)
-    log_ratio = logps.astype(jnp.float32) - jax.lax.stop_gradient(ref_logps.astype(jnp.float32))
-    k = jnp.sum(log_ratio * m, axis=-1)  # [B]
+    k = common.implicit_reward(logps, jax.lax.stop_gradient(ref_logps), mask)  # [B]
     rewards = jax.lax.stop_gradient(rewards.astype(jnp.float32))
 
     adv, _, reward_std = kernels.group_normalize(
@@ -173,9 +165,9 @@ def gift_loss(
 
     k_std = jax.lax.stop_gradient(k_std)
     metrics = {
-        "implicit_reward/mean": jax.lax.stop_gradient(beta * jnp.mean(k)),
-        "implicit_reward/group_std": jnp.mean(k_std),
-        "reward/group_std": jnp.mean(reward_std),
+        "gift/implicit_reward_mean": jax.lax.stop_gradient(beta * jnp.mean(k)),
+        "gift/implicit_reward_group_std": jnp.mean(k_std),
+        "gift/reward_group_std": jnp.mean(reward_std),
         "gift/alignment": jax.lax.stop_gradient(jnp.mean(adv * z)),
         "gift/floored_frac": jnp.mean((k_std < opts["std_floor"]).astype(jnp.float32)),
         "gift/zero_var_frac": jnp.mean(zero_var.astype(jnp.float32)),

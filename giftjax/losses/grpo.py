@@ -84,15 +84,6 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
     },
 }
 
-_DEFAULTS: dict[str, object] = {
-    "clip_low": 0.2,
-    "clip_high": 0.2,
-    "kl_coef": 0.0,
-    "kl_estimator": "k3",
-    "importance": "token",
-    "agg": "token-mean",
-}
-
 
 def kl_penalty(logps: Array, ref_logps: Array, estimator: str = "k3") -> Array:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
@@ -200,12 +191,13 @@ def grpo_loss(
 
     Returns:
       ``(loss, aux)``: ``loss = aux["numerator"] / aux["denominator"]`` (0 if nothing is
-      masked in). ``aux`` also holds, over the masked tokens of this batch:
-      ``clip_fraction`` (share of tokens whose clipped term is the active one, i.e. the
-      gradient is cut), ``dual_clip_fraction`` (share capped by the dual clip),
-      ``kl_mean`` (mean KL estimate; 0 without ``ref_logps``), ``ratio_mean`` (mean
-      importance ratio), ``pg_loss`` (the policy term alone, aggregated like the loss) and
-      ``advantage_mean`` (mean of ``advantages`` over the B sequences).
+      masked in). ``aux`` also holds, over the masked tokens of this batch (under
+      ``grpo/`` for every preset and wrapper):
+      ``grpo/clip_fraction`` (share of tokens whose clipped term is the active one, i.e. the
+      gradient is cut), ``grpo/dual_clip_fraction`` (share capped by the dual clip),
+      ``grpo/kl_mean`` (mean KL estimate; 0 without ``ref_logps``), ``grpo/ratio_mean``
+      (mean importance ratio), ``grpo/pg_loss`` (the policy term alone, aggregated like the
+      loss) and ``grpo/advantage_mean`` (mean of ``advantages`` over the B sequences).
 
     References:
       Shao et al., `DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
@@ -227,7 +219,7 @@ def grpo_loss(
         "importance": importance,
         "agg": agg,
     }
-    args = apply_preset("grpo_loss", preset, GRPO_PRESETS, given, _DEFAULTS)
+    args = apply_preset(grpo_loss, preset, GRPO_PRESETS, given)
     clip_low, clip_high = args["clip_low"], args["clip_high"]
     kl_coef, kl_estimator = args["kl_coef"], args["kl_estimator"]
     importance, agg = args["importance"], args["agg"]
@@ -289,12 +281,12 @@ def grpo_loss(
     numerator, denominator = aggregate(per_token, m, agg=agg, max_len=max_len)
     pg_num, _ = aggregate(pg, m, agg=agg, max_len=max_len)
     metrics = {
-        "pg_loss": safe_divide(pg_num, denominator),
-        "clip_fraction": masked_mean(clip_active.astype(jnp.float32), m),
-        "dual_clip_fraction": masked_mean(dual_active.astype(jnp.float32), m),
-        "kl_mean": kl_mean,
-        "ratio_mean": masked_mean(ratio, m),
-        "advantage_mean": jnp.mean(advantages.astype(jnp.float32)),
+        "grpo/pg_loss": safe_divide(pg_num, denominator),
+        "grpo/clip_fraction": masked_mean(clip_active.astype(jnp.float32), m),
+        "grpo/dual_clip_fraction": masked_mean(dual_active.astype(jnp.float32), m),
+        "grpo/kl_mean": kl_mean,
+        "grpo/ratio_mean": masked_mean(ratio, m),
+        "grpo/advantage_mean": jnp.mean(advantages.astype(jnp.float32)),
     }
     return finish(numerator, denominator, metrics)
 

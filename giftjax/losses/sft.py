@@ -22,6 +22,19 @@ Array = jax.Array
 SFT_WEIGHTINGS = ("none", "chord")
 
 
+def chord_phi(logps: Array) -> Array:
+    """CHORD's token weight ``phi(p) = p (1 - p)``, ``p = exp(logps)``, with no gradient.
+
+    Args:
+      logps: per-token log-probs, any shape.
+
+    Returns:
+      float32 of the same shape, in [0, 1/4], under ``stop_gradient``.
+    """
+    p = jnp.exp(jax.lax.stop_gradient(logps.astype(jnp.float32)))
+    return p * (1.0 - p)
+
+
 def sft_loss(
     logps: Array,
     mask: Array,
@@ -51,8 +64,8 @@ def sft_loss(
 
     Returns:
       ``(loss, aux)`` with ``loss = aux["numerator"] / aux["denominator"]``. ``aux`` also
-      has ``nll_mean`` (mean ``-log p`` over masked tokens, whatever the weighting) and
-      ``phi_mean`` (mean ``phi(p)`` over masked tokens, reported for both weightings).
+      has ``sft/nll_mean`` (mean ``-log p`` over masked tokens, whatever the weighting) and
+      ``sft/phi_mean`` (mean ``phi(p)`` over masked tokens, reported for both weightings).
 
     References:
       Zhang et al., `On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised
@@ -65,10 +78,9 @@ def sft_loss(
     m = as_float_mask(mask)  # [B, T]
     logp = logps.astype(jnp.float32)  # [B, T]
     nll = -logp  # [B, T]
-    p = jnp.exp(jax.lax.stop_gradient(logp))  # [B, T]
-    phi = p * (1.0 - p)  # [B, T], constant in the gradient
+    phi = chord_phi(logp)  # [B, T], constant in the gradient
     per_token = nll if weighting == "none" else phi * nll
 
     numerator, denominator = aggregate(per_token, m, agg=agg, max_len=max_len)
-    metrics = {"nll_mean": masked_mean(nll, m), "phi_mean": masked_mean(phi, m)}
+    metrics = {"sft/nll_mean": masked_mean(nll, m), "sft/phi_mean": masked_mean(phi, m)}
     return finish(numerator, denominator, metrics)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 
 from giftjax.losses._hyper import check_scalar
 from giftjax.losses.common import (
-    as_float_mask,
     check_choice,
     check_per_sequence,
     check_token_inputs,
     finish,
+    implicit_reward,
 )
 
 Array = jax.Array
@@ -62,8 +62,8 @@ def una_loss(
 
     Returns:
       ``(loss, aux)``: ``loss = aux["numerator"] / aux["denominator"]``, the sum of
-      per-sequence losses over ``B``. ``aux`` also has ``implicit_reward_mean`` (mean of
-      ``k``), ``score_mean`` (mean of ``s``) and ``target_mean``.
+      per-sequence losses over ``B``. ``aux`` also has ``una/implicit_reward_mean`` (mean
+      of ``k``), ``una/score_mean`` (mean of ``s``) and ``una/target_mean``.
 
     References:
       Wang et al., `UNA: Unifying Alignments of RLHF/PPO, DPO and KTO by a Generalized
@@ -75,9 +75,7 @@ def una_loss(
     check_choice("kind", kind, UNA_KINDS)
     check_scalar("beta", beta, low=0.0, low_inclusive=False)
 
-    m = as_float_mask(mask)  # [B, T]
-    diff = logps.astype(jnp.float32) - ref_logps.astype(jnp.float32)  # [B, T]
-    k = jnp.sum(diff * m, axis=-1)  # [B]
+    k = implicit_reward(logps, ref_logps, mask)  # [B]
     logit = beta * k  # [B]
     s = jax.nn.sigmoid(logit)  # [B]
     y = target.astype(jnp.float32)  # [B]
@@ -90,8 +88,8 @@ def una_loss(
         per_seq = jnp.square(s - jax.nn.sigmoid(y))
 
     metrics = {
-        "implicit_reward_mean": jnp.mean(k),
-        "score_mean": jnp.mean(s),
-        "target_mean": jnp.mean(y),
+        "una/implicit_reward_mean": jnp.mean(k),
+        "una/score_mean": jnp.mean(s),
+        "una/target_mean": jnp.mean(y),
     }
     return finish(jnp.sum(per_seq), jnp.asarray(batch, jnp.float32), metrics)

@@ -13,8 +13,15 @@ D width, L layers, K kv heads, H head dim)::
     # 2. Generation with a preallocated cache:
     cache = model.init_cache(batch=B, max_len=S)       # KVCache, all slots empty
     logits, cache = model(prompt_ids, prompt_mask, cache=cache)      # prefill, T = prompt length
-    logits, cache = model(next_ids[:, None], None, cache=cache)      # decode, T = 1
+    logits, cache = model.decode_step(next_ids[:, None], cache=cache)  # decode, T = 1
     # ... repeat decode; each call writes T slots.
+
+- `model(tokens, mask, cache=cache)` takes any T >= 1 (prefill, a chunk, or one token): every
+  layer writes the T keys/values into the stacked cache and attends over all S slots.
+  `model.decode_step(tokens, mask, cache=cache)` is the fast path for exactly one token per row
+  (T = 1, same arguments and results, equal up to float rounding): every layer reads its cache
+  as it was and the L new keys/values are written once after the last layer, so a step reads
+  each cache slot once and XLA updates the cache in place (no whole-cache copy per layer).
 
 - `attention_mask` is optional (None = all real) and may be bool or int. Prompts are
   LEFT-padded: padding slots never serve as keys, and RoPE positions come from the cumulative
@@ -28,7 +35,8 @@ D width, L layers, K kv heads, H head dim)::
 - `KVCache` (giftjax/models/kv_cache.py) is a NamedTuple pytree: `k`, `v` [L, B, S, K, H] in the
   compute dtype; `mask` [B, S] bool; `index` () int32; `positions` [B] int32.
 - Returns: without cache, logits [B, T, V] float32 (or hidden [B, T, D] in the compute dtype
-  with `return_hidden=True`); with cache, `(logits or hidden, new_cache)`.
+  with `return_hidden=True`); with cache (and from `decode_step`), `(logits or hidden,
+  new_cache)`.
 - Logits at padding positions are finite but meaningless (a padding query attends nothing real).
 - The cache must have room: `cache.index + T <= S`. Writes use `lax.dynamic_update_slice`,
   which clamps an out-of-range start instead of failing, so an overfull cache silently
@@ -50,14 +58,10 @@ from giftjax import sharding as sharding_lib
 from giftjax.models import kv_cache
 from giftjax.models.config import ModelConfig
 from giftjax.models.kv_cache import KVCache
-from giftjax.models.layers import (
-    Block,
-    RMSNorm,
-    no_constraint,
-    param,
-    rope_cos_sin,
-    rope_inv_freq,
-)
+from giftjax.models.layers import Block
+from giftjax.models.norm import RMSNorm
+from giftjax.models.params import no_constraint, param
+from giftjax.models.rope import rope_cos_sin, rope_inv_freq
 
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
@@ -67,7 +71,7 @@ _REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     # save matmuls without batch dims, i.e. the projections, not attention scores:
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    # save only the q/k/v projections (named with checkpoint_name in layers.Attention):
+    # save only the q/k/v projections (named with checkpoint_name in Attention._qkv):
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("qkv_proj"),
 }
 
@@ -149,95 +153,163 @@ class Decoder(nnx.Module):
         positions: jax.Array | None = None,
         return_hidden: bool = False,
     ):
-        """Runs the decoder; see the module docstring.
+        """Runs the decoder over T tokens; see the module docstring.
 
         Args:
           tokens: [B, T] int token ids.
           attention_mask: [B, T] bool/int, 1 for real tokens, 0 for (left) padding; None = all 1.
-          cache: a KVCache to write into and attend over (prefill or decode step).
+          cache: a KVCache to write the T tokens into and attend over (prefill or any chunk).
           positions: [B, T] int RoPE positions; default from the cumulative sum of the mask.
           return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
 
         Returns:
           logits [B, T, V] float32 (or hidden [B, T, D]); with cache, a pair (that, new cache).
         """
-        c = self.config
+        mask = self._check_inputs(tokens, attention_mask, positions)
+        if cache is None:
+            if positions is None:
+                positions = jnp.maximum(_offsets(mask), 0)
+            attn_mask = _causal_mask(mask, 0, tokens.shape[1])  # [B, 1, T, T]
+            x, cos, sin = self._embed(tokens, positions)
+            x = self._run_layers(x, cos, sin, attn_mask)
+            return self._head(x, return_hidden)
+        key_mask, attn_mask, positions = self._cache_inputs(cache, mask, positions)
+        x, cos, sin = self._embed(tokens, positions)
+        x, kv = self._run_layers_extend(x, cos, sin, attn_mask, (cache.k, cache.v), cache.index)
+        return self._head(x, return_hidden), _advance(cache, kv, key_mask, mask)
+
+    def decode_step(
+        self,
+        tokens: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        cache: KVCache,
+        positions: jax.Array | None = None,
+        return_hidden: bool = False,
+    ):
+        """One decode step: ONE token per row into the cache (the sampler's inner loop).
+
+        Same arguments and results as `__call__` with `cache=` and T = 1, through the decode
+        path (see the module docstring and `_run_layers_decode`).
+
+        Args:
+          tokens: [B, 1] int token ids.
+          attention_mask: [B, 1] bool/int, or None (a real token in every row).
+          cache: the KVCache to attend over and write slot `cache.index` of.
+          positions: [B, 1] int RoPE positions; default `cache.positions` (for real tokens).
+          return_hidden: return the final-norm hidden states [B, 1, D] instead of logits.
+
+        Returns:
+          (logits [B, 1, V] float32 or hidden [B, 1, D], new cache).
+        """
+        if tokens.ndim != 2 or tokens.shape[1] != 1:
+            raise ValueError(
+                f"decode_step takes one token per row, tokens [B, 1]; received shape "
+                f"{tokens.shape}. Use model(tokens, mask, cache=cache) for longer chunks."
+            )
+        mask = self._check_inputs(tokens, attention_mask, positions)
+        key_mask, attn_mask, positions = self._cache_inputs(cache, mask, positions)
+        x, cos, sin = self._embed(tokens, positions)
+        x, kv = self._run_layers_decode(x, cos, sin, attn_mask, (cache.k, cache.v), cache.index)
+        return self._head(x, return_hidden), _advance(cache, kv, key_mask, mask)
+
+    def _check_inputs(
+        self, tokens: jax.Array, attention_mask: jax.Array | None, positions: jax.Array | None
+    ) -> jax.Array:
+        """Validates the shapes and dtypes of a call; returns the bool mask [B, T]."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T]; received shape {tokens.shape}.")
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens must be integer ids; received dtype {tokens.dtype}.")
         b, t = tokens.shape
+        if positions is not None and positions.shape != (b, t):
+            raise ValueError(f"positions must be [B, T] = {(b, t)}; received {positions.shape}.")
         if attention_mask is None:
-            mask = jnp.ones((b, t), bool)
-        elif attention_mask.shape != (b, t):
+            return jnp.ones((b, t), bool)
+        if attention_mask.shape != (b, t):
             raise ValueError(
                 f"attention_mask must have the tokens' shape {(b, t)}; "
                 f"received {attention_mask.shape}."
             )
-        else:
-            mask = attention_mask.astype(bool)
-        if positions is not None and positions.shape != (b, t):
-            raise ValueError(f"positions must be [B, T] = {(b, t)}; received {positions.shape}.")
-        offset = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1  # [B, T]
+        return attention_mask.astype(bool)
 
-        if cache is None:
-            if positions is None:
-                positions = jnp.maximum(offset, 0)
-            attn_mask = _causal_mask(mask, 0, t)  # [B, 1, T, T]
-            kv, index = None, None
-        else:
-            if cache.mask.shape[0] != b:
-                raise ValueError(f"cache has {cache.mask.shape[0]} rows; tokens have {b}.")
-            if positions is None:
-                positions = jnp.maximum(cache.positions[:, None] + offset, 0)
-            index = cache.index
-            key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, index))  # [B, S]
-            attn_mask = _causal_mask(key_mask, index, t)  # [B, 1, T, S]
-            kv = (cache.k, cache.v)
+    def _cache_inputs(
+        self, cache: KVCache, mask: jax.Array, positions: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(key mask [B, S] with this call's slots, attention mask [B, 1, T, S], positions
+        [B, T]) for T tokens written at slot `cache.index`."""
+        b, t = mask.shape
+        if cache.mask.shape[0] != b:
+            raise ValueError(f"cache has {cache.mask.shape[0]} rows; tokens have {b}.")
+        if positions is None:
+            positions = jnp.maximum(cache.positions[:, None] + _offsets(mask), 0)
+        key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
+        attn_mask = _causal_mask(key_mask, cache.index, t)  # [B, 1, T, S]
+        return key_mask, attn_mask, positions
 
-        dt = jnp.dtype(c.dtype)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [B, T, D]
+    def _embed(
+        self, tokens: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Token embeddings [B, T, D] in the compute dtype, and RoPE cos, sin [B, T, H]."""
+        c = self.config
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(c.dtype))  # [B, T, D]
         x = self._constrain(x, ("batch", "length", None))
         cos, sin = rope_cos_sin(positions, rope_inv_freq(c))  # [B, T, H] each
-        x, kv = self._run_layers(x, cos, sin, attn_mask, kv, index)
+        return x, cos, sin
+
+    def _head(self, x: jax.Array, return_hidden: bool) -> jax.Array:
+        """Final norm, then logits [B, T, V] float32 (or the normed hidden [B, T, D])."""
         x = self.final_norm(x)
         if return_hidden:
-            out = x
-        else:
-            w = self.lm_head_weight().astype(dt)
-            out = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
-            out = self._constrain(out, ("batch", "length", "vocab"))  # [B, T, V]
-        if cache is None:
-            return out
-        new_cache = KVCache(
-            k=kv[0],
-            v=kv[1],
-            mask=key_mask,
-            index=index + t,
-            positions=cache.positions + jnp.sum(mask, axis=1, dtype=jnp.int32),
-        )
-        return out, new_cache
+            return x
+        w = self.lm_head_weight().astype(jnp.dtype(self.config.dtype))
+        out = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+        return self._constrain(out, ("batch", "length", "vocab"))  # [B, T, V]
 
-    def _run_layers(self, x, cos, sin, attn_mask, kv, index):
-        """Scans the L stacked layers; kv is None or ([L, B, S, K, H], [L, B, S, K, H])."""
+    def _layer_constrain(self):
+        return self._constrain if self.activation_sharding is not None else no_constraint
+
+    def _remat(self, fn):
+        """fn under the configured rematerialisation policy (unchanged for remat="none")."""
         policy = self.config.remat
-        constrain = self._constrain if self.activation_sharding is not None else no_constraint
+        if policy == "none":
+            return fn
+        return nnx.remat(fn, policy=_REMAT_POLICIES[policy], prevent_cse=False)
 
-        def layer(block, x, kv, i, layer_cache=None):
-            return block(x, cos, sin, attn_mask, kv, index, constrain, i, layer_cache)
+    def _run_layers(self, x, cos, sin, attn_mask):
+        """Scans the L stacked layers over x [B, T, D] (no cache)."""
+        constrain = self._layer_constrain()
+        layer = self._remat(lambda block, x: block(x, cos, sin, attn_mask, constrain=constrain))
 
-        if policy != "none":
-            layer = nnx.remat(layer, policy=_REMAT_POLICIES[policy], prevent_cse=False)
+        def body(x, block):
+            return layer(block, x)
+
+        scan = nnx.scan(
+            body,
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata=_LAYERS,
+            graph=False,
+        )
+        return scan(x, self.layers)
+
+    def _run_layers_extend(self, x, cos, sin, attn_mask, kv, index):
+        """Scans the L layers over x [B, T, D], each writing its T slots into the stacked
+        cache kv = ([L, B, S, K, H], [L, B, S, K, H]) carried through the scan."""
+        constrain = self._layer_constrain()
+
+        def layer(block, x, kv, i):
+            return block.extend(
+                x, cos, sin, attn_mask, cache=kv, index=index, layer=i, constrain=constrain
+            )
+
+        layer = self._remat(layer)
 
         def body(carry, block):
             x, kv, i = carry
             x, kv = layer(block, x, kv, i)
-            if kv is not None:
-                kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
+            kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
             return x, kv, i + 1
-
-        if kv is not None and x.shape[1] == 1:
-            return self._run_layers_decode(layer, x, kv, index, constrain)
 
         scan = nnx.scan(
             body,
@@ -249,7 +321,7 @@ class Decoder(nnx.Module):
         x, kv, _ = scan((x, kv, jnp.zeros((), jnp.int32)), self.layers)
         return x, kv
 
-    def _run_layers_decode(self, layer, x, kv, index, constrain):
+    def _run_layers_decode(self, x, cos, sin, attn_mask, kv, index):
         """One decode token (T = 1) through the layers, then its keys/values into the cache.
 
         Each layer's [B, S, K, H] cache goes in as a scan input (read only: the cache as it was
@@ -260,10 +332,18 @@ class Decoder(nnx.Module):
         step, and dot_product_attention transposed each layer's cache: decode time grew with
         S.) Unrolling the layers instead of scanning brought the whole-cache copies back.
         """
+        constrain = self._layer_constrain()
         ck, cv = kv  # [L, B, S, K, H]
 
+        def layer(block, x, k_l, v_l):
+            return block.decode(
+                x, cos, sin, attn_mask, layer_cache=(k_l, v_l), index=index, constrain=constrain
+            )
+
+        layer = self._remat(layer)
+
         def body(x, block, k_l, v_l):
-            return layer(block, x, None, 0, (k_l, v_l))  # x, (k, v) [B, 1, K, H]
+            return layer(block, x, k_l, v_l)  # x, (k, v) [B, 1, K, H]
 
         scan = nnx.scan(
             body,
@@ -278,3 +358,22 @@ class Decoder(nnx.Module):
         cv = jax.lax.dynamic_update_slice(cv, v_new, start)
         kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in (ck, cv))
         return x, kv
+
+
+def _offsets(mask: jax.Array) -> jax.Array:
+    """[B, T] int32: the index of each token among its row's real tokens (`cumsum(mask) - 1`)."""
+    return jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
+
+
+def _advance(
+    cache: KVCache, kv: tuple[jax.Array, jax.Array], key_mask: jax.Array, mask: jax.Array
+) -> KVCache:
+    """The cache after a call that wrote T = mask.shape[1] slots: new k/v, key mask, index and
+    per-row positions (advanced by each row's real tokens)."""
+    return KVCache(
+        k=kv[0],
+        v=kv[1],
+        mask=key_mask,
+        index=cache.index + mask.shape[1],
+        positions=cache.positions + jnp.sum(mask, axis=1, dtype=jnp.int32),
+    )

@@ -88,7 +88,7 @@ _TRANSPOSE = (lambda w: w.T), (lambda p: p.T)
 
 def name_map(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, bool, Callable, Callable]]:
     """giftjax path -> (HF name or per-layer template, per_layer, to_ours, to_hf)."""
-    n, k, h, d = config.num_heads, config.num_kv_heads, config.head_dim, config.hidden_size
+    n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
     m: dict[tuple[str, ...], tuple[str, bool, Callable, Callable]] = {
         ("embed",): ("model.embed_tokens.weight", False, *_SAME),
         ("final_norm", "weight"): ("model.norm.weight", False, *_SAME),
@@ -119,7 +119,6 @@ def name_map(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, bool, Call
         layer[("mlp", "gate_bias")] = ("mlp.gate_proj.bias", _SAME)
         layer[("mlp", "up_bias")] = ("mlp.up_proj.bias", _SAME)
         layer[("mlp", "down_bias")] = ("mlp.down_proj.bias", _SAME)
-    del d
     for path, (hf, (to_ours, to_hf)) in layer.items():
         m[("layers", *path)] = (_LAYER + hf, True, to_ours, to_hf)
     return m
@@ -146,9 +145,6 @@ class _Reader:
                 "(only safetensors checkpoints are read)."
             )
         self._open: dict[str, Any] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.files:

@@ -1,8 +1,8 @@
 """Optimiser transformations: GAC, the noise-aware SFT/RL gradient-mixing controller.
 
 ``optax.chain(optim.gac(...), optax.clip_by_global_norm(1.0), optax.adamw(lr))`` takes
-``{"sft": g_sft, "rl": g_rl}`` and ``gac_stats=optim.GacStats(...)``. Imports only jax, optax
-and ``giftjax.kernels``.
+``{"sft": g_sft, "rl": g_rl}`` and ``gac_stats=optim.GacStats(...)``. Imports only jax, optax,
+``giftjax.kernels`` and the shared helpers of ``giftjax.losses`` (argument checks, CHORD's phi).
 """
 
 from giftjax.optim.gac import (

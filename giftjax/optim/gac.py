@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from giftjax.losses._hyper import is_number
+from giftjax.losses.common import check_choice, check_unit, is_scalar_array
 from giftjax.optim.schedules import chord_prior
 
 Array = jax.Array
@@ -103,20 +105,6 @@ def tree_sq_dist(a: Any, b: Any) -> Array:
 # --------------------------------------------------------------------------------------
 # Checks.
 # --------------------------------------------------------------------------------------
-
-
-def _check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not ok:
-        interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def _split_updates(updates: Any) -> tuple[Any, Any]:
@@ -290,6 +278,13 @@ def gac(
         \\pi(t) + \\lambda \\bar\\mu_t\\big)\\Big), \\qquad
       g_t = (1 - \\mu_t)\\, g_{rl} + \\mu_t\\, g_{sft}
 
+    Every numeric hyperparameter (``alpha``, ``blend``, ``ema``, ``refresh_every``,
+    ``max_step``, ``init``, ``smooth``, ``eps``, ``disagreement_cap``, and ``prior`` as a
+    constant) may also be a scalar array, so ``optax.inject_hyperparams(optim.gac)(alpha=0.5,
+    ...)`` works and the injected values can be changed in the state between updates: Python
+    numbers are validated here, arrays pass unchecked. ``bounds`` and the string options stay
+    static.
+
     Args:
       alpha: the SFT share of the target ``alpha g_sft* + (1 - alpha) g_rl*``; ``mu_raw``
         tends to it when the signals disagree strongly.
@@ -337,17 +332,19 @@ def gac(
       ``anchored`` smoothing of its code); Zhang et al., `On-Policy RL Meets Off-Policy
       Experts <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD, the prior).
     """
-    _check_unit("alpha", alpha)
-    _check_unit("blend", blend)
-    _check_unit("ema", ema, upper_open=True)
-    _check_unit("smooth", smooth, upper_open=True)
-    _check_unit("init", init)
-    _check_choice("smoothing", smoothing, SMOOTHINGS)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("mode", mode, MODES)
-    if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1:
+    check_unit("alpha", alpha)
+    check_unit("blend", blend)
+    check_unit("ema", ema, upper_open=True)
+    check_unit("smooth", smooth, upper_open=True)
+    check_unit("init", init)
+    check_choice("smoothing", smoothing, SMOOTHINGS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("mode", mode, MODES)
+    if not is_scalar_array("refresh_every", refresh_every) and (
+        not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1
+    ):
         raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}.")
-    if not isinstance(max_step, (int, float)) or isinstance(max_step, bool) or max_step <= 0:
+    if not is_scalar_array("max_step", max_step) and (not is_number(max_step) or max_step <= 0):
         raise ValueError(f"max_step must be a positive number, got {max_step!r}.")
     if (
         not isinstance(bounds, (tuple, list))
@@ -356,17 +353,21 @@ def gac(
         or not 0.0 <= bounds[0] <= bounds[1] <= 1.0
     ):
         raise ValueError(f"bounds must be (lo, hi) with 0 <= lo <= hi <= 1, got {bounds!r}.")
-    if not isinstance(eps, (int, float)) or eps < 0:
+    if not is_scalar_array("eps", eps) and (not is_number(eps) or eps < 0):
         raise ValueError(f"eps must be a non-negative number, got {eps!r}.")
-    if disagreement_cap is not None and (
-        not isinstance(disagreement_cap, (int, float)) or disagreement_cap < 0
+    if (
+        disagreement_cap is not None
+        and not is_scalar_array("disagreement_cap", disagreement_cap)
+        and (not is_number(disagreement_cap) or disagreement_cap < 0)
     ):
         raise ValueError(
             f"disagreement_cap must be None or a non-negative number, got {disagreement_cap!r}."
         )
     if callable(prior):
         prior_fn: Callable[[Array], Array] = prior
-    elif isinstance(prior, (int, float)) and not isinstance(prior, bool) and 0 <= prior <= 1:
+    elif is_scalar_array("prior", prior) or (is_number(prior) and 0 <= prior <= 1):
+        # A constant; under optax.inject_hyperparams a schedule arrives here already
+        # evaluated at the update count, which is also this transformation's t.
         prior_fn = lambda step: jnp.full((), prior, jnp.float32)
     else:
         raise ValueError(
@@ -482,13 +483,20 @@ def gac(
 # --------------------------------------------------------------------------------------
 
 
-def find_gac_state(opt_state: Any) -> GacState:
-    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s)."""
+def find_gac_state(opt_state: Any, *, required: bool = True) -> GacState | None:
+    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s).
+
+    Args:
+      opt_state: any optimiser state pytree (a :class:`GacState` itself included).
+      required: raise when there is none (else return None). More than one always raises.
+    """
     found = [
         s
         for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GacState))
         if isinstance(s, GacState)
     ]
+    if not found and not required:
+        return None
     if len(found) != 1:
         raise ValueError(
             f"Expected exactly one GacState in the optimiser state, found {len(found)}: "

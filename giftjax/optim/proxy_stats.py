@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from giftjax.losses.sft import chord_phi
 from giftjax.optim.gac import GacStats
 
 Array = jax.Array
@@ -54,8 +55,8 @@ def trimmed_var(x: Array, valid: Array, *, trim: float = 0.1, ddof: int = 1) -> 
     the ``floor(trim n)`` largest (``n`` valid values; the cut of ``scipy.stats.trim_mean``).
 
     Args:
-      x: ``[N]`` values.
-      valid: ``[N]`` bool, which values count (traced: ``n`` may change from step to step).
+      x: ``[B]`` values (one per sequence).
+      valid: ``[B]`` bool, which values count (traced: ``n`` may change from step to step).
       trim: the fraction cut from each end, in [0, 0.5).
       ddof: delta degrees of freedom of the variance of the kept values.
 
@@ -129,8 +130,7 @@ def gac_proxy_stats(
     nll = -per_seq_mean(logps)  # [B]
     sft_var = trimmed_var(nll, demo & has_tokens, trim=trim, ddof=ddof)
 
-    p = jnp.exp(logps)
-    c_sft = -p * (1.0 - p)  # [B, T]
+    c_sft = -chord_phi(logps)  # [B, T]
     c_rl = jnp.where(demo[:, None], 0.0, -adv_bt)  # [B, T]
     per_seq_d2 = per_seq_mean(jnp.square(c_sft - c_rl))  # [B]
     rows = has_tokens.astype(jnp.float32)

@@ -16,15 +16,12 @@ import math
 import jax.numpy as jnp
 import optax
 
+from giftjax.losses.common import check_unit
+
 
 def _check_nonneg_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
-
-
-def _check_unit(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
 
 
 def chord_prior(
@@ -44,6 +41,13 @@ def chord_prior(
     ``t`` is the number of updates made before this one (0 on the first), as in every optax
     schedule.
 
+    Written in closed form rather than as ``optax.join_schedules([linear_schedule,
+    cosine_decay_schedule], [warmup])``: that composition is the same function mathematically
+    but not in float32. ``linear_schedule`` evaluates ``(0 - peak)(1 - t / warmup) + peak``,
+    which cancels near ``t = 0`` (``t = 1``: 0.00424999 instead of 0.00425), and
+    ``cosine_decay_schedule`` forms ``pi t / decay`` in another order; with the defaults 261
+    of the steps 0..1299 differ, by up to 1.2e-7 (2 ulps of 0.85).
+
     Args:
       warmup: steps of the linear rise from 0 to ``peak`` (0: start at ``peak``).
       decay: steps of the cosine decay from ``peak`` to ``valley`` (0: jump to ``valley``).
@@ -61,8 +65,8 @@ def chord_prior(
     """
     _check_nonneg_int("warmup", warmup)
     _check_nonneg_int("decay", decay)
-    _check_unit("peak", peak)
-    _check_unit("valley", valley)
+    check_unit("peak", peak)
+    check_unit("valley", valley)
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from giftjax import optim
+from giftjax.losses.common import safe_divide
 
 Array = jax.Array
 LossFn = Callable[[Any, Any], tuple[Array, dict[str, Array]]]
@@ -130,7 +131,7 @@ def accumulate_grads(
     (g_sum, sq_sum, num, den), per_mb = jax.lax.scan(
         body, (zeros, scalar, scalar, scalar), microbatches, unroll=unroll
     )
-    inv = jnp.where(den != 0, 1.0 / jnp.where(den != 0, den, 1.0), 0.0)
+    inv = safe_divide(1.0, den)  # 0 when no tokens
     grads = jax.tree.map(lambda g, p: (g * inv).astype(jnp.result_type(p)), g_sum, params)
     return BranchGrads(
         grads=grads,
@@ -208,19 +209,15 @@ def hybrid_step(
         **{f"sft_aux/{key}": v for key, v in sft.aux.items()},
         **rl.aux,
     }
-    if _has_gac_state(opt_state):
-        metrics.update(optim.gac_metrics(opt_state))
+    gac_state = optim.find_gac_state(opt_state, required=False)
+    if gac_state is not None:
+        metrics.update(optim.gac_metrics(gac_state))
         # The mixed gradient and loss with the weight applied at this step (state.mu).
-        mu = optim.find_gac_state(opt_state).mu
+        mu = gac_state.mu
         mixed = jax.tree.map(lambda a, b: (1.0 - mu) * a + mu * b, rl.grads, sft.grads)
         metrics["grad/norm"] = jnp.sqrt(optim.tree_sq_norm(mixed))
         metrics["loss"] = (1.0 - mu) * rl.loss + mu * sft.loss
     return params, opt_state, metrics
-
-
-def _has_gac_state(opt_state: Any) -> bool:
-    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optim.GacState))
-    return any(isinstance(x, optim.GacState) for x in leaves)
 
 
 def make_hybrid_step(
