@@ -175,8 +175,8 @@ def hybrid_step(
 
     Returns:
       ``(new_params, new_opt_state, metrics)``; metrics hold ``loss/sft``, ``loss/rl``,
-      the RL loss's own aux metrics (averaged over micro-batches), the SFT loss's under
-      ``sft_aux/``,
+      both losses' own aux metrics (``sft/...`` and the RL loss's family, averaged over
+      micro-batches),
       ``grad_norm/sft``, ``grad_norm/rl`` and, when ``tx`` holds a GAC state, ``gac/mu`` (the
       weight applied in this step), ``gac/mu_raw``, ``gac/prior`` and the rest of
       :func:`giftjax.optim.gac_metrics`, ``grad/norm`` (of the mixed gradient) and ``loss``
@@ -206,8 +206,8 @@ def hybrid_step(
         "loss/rl": rl.loss,
         "grad_norm/sft": jnp.sqrt(optim.tree_sq_norm(sft.grads)),
         "grad_norm/rl": jnp.sqrt(optim.tree_sq_norm(rl.grads)),
-        **{f"sft_aux/{key}": v for key, v in sft.aux.items()},
-        **rl.aux,
+        **sft.aux,  # sft/... keys
+        **rl.aux,  # the RL loss's family/... keys
     }
     gac_state = optim.find_gac_state(opt_state, required=False)
     if gac_state is not None:
