@@ -1,10 +1,10 @@
 """Loss demo: every giftjax loss on one generated batch, on the CPU in seconds.
 
 Launch:
-  python -m giftjax.main --config=configs/demo.py --workdir=/tmp/giftjax-demo
-  python -m giftjax.main --config=configs/demo.py:big --workdir=/tmp/giftjax-demo
+  python -m giftjax.demo --config=configs/demo.py --workdir=/tmp/giftjax-demo
+  python -m giftjax.demo --config=configs/demo.py:big --workdir=/tmp/giftjax-demo
 
-The trainer recipes (GIFT, GRPO, hybrid SFT+RL with GAC) replace this mode.
+Training recipes (GIFT, GRPO, hybrid SFT+RL with GAC) run through ``python -m giftjax.main``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The demo config; ``arg="big"`` takes a larger batch."""
     config = ml_collections.ConfigDict()
-    config.mode = "loss_demo"
     config.seed = 0
 
     # --- The generated batch: P prompts x G samples, T response tokens, V vocabulary.

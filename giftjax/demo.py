@@ -1,5 +1,7 @@
 """Loss demo: each giftjax loss, its value and gradient norm, on one generated batch.
 
+  python -m giftjax.demo --config=configs/demo.py --workdir=/tmp/giftjax-demo
+
 A toy policy (a table of logits per position) samples ``G`` responses for each of ``P``
 prompts; the reward of a response is the fraction of its tokens that are even. Every loss
 is computed from the same per-token log-probs under ``jax.jit``, differentiated with
@@ -127,3 +129,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, 
     with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return results
+
+
+def _main(argv: list[str]) -> None:
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from giftjax.runtime import quiet_accelerator_probes
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo.py", lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics.jsonl is written.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    quiet_accelerator_probes()
+    app.run(_main)

@@ -1,16 +1,22 @@
-"""The command line: ``python -m giftjax.main --config=CONFIG.py --workdir=DIR``.
+"""The command line: ``python -m giftjax.main --config=configs/NAME.py --workdir=DIR``.
 
-Parses flags, sets the JAX flags a run needs, and hands the config to the runner named
-by ``config.mode``. Configs are loaded locked, so a misspelt override fails.
+Parses flags, sets up logging and hands the config to :func:`giftjax.train.loop.train`.
+``algo.name`` picks the loop. Configs are loaded locked, so a misspelt key fails; any key can
+be overridden (``--config.train.steps=20``). Re-running the same command on the same DIR
+resumes from its newest checkpoint; SIGTERM saves once and exits with code 0.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from giftjax.runtime import quiet_accelerator_probes
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -21,27 +27,33 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints are written.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("loss_demo",)
-
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    if config.mode not in MODES:
-        raise ValueError(f"config.mode must be one of {MODES}, got {config.mode!r}.")
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    if config.mode == "loss_demo":
-        from giftjax import demo
+    logging.getLogger("giftjax").setLevel(logging.INFO)
+    # orbax and grain log every checkpoint step at INFO through absl: keep the console for
+    # the progress bar and warnings (--verbosity=0 brings them back).
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    from giftjax.train import loop
+    from giftjax.train.config import ConfigError
 
-        demo.run(config, _WORKDIR.value)
+    try:
+        last = loop.train(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if last:
+        keys = [k for k in ("reward/mean", "loss", "eval/heldout/pass@1") if k in last]
+        summary = ", ".join(f"{k} {last[k]:.4g}" for k in keys)
+        print(f"step {last['step']}: {summary}")
+    print(f"metrics: {os.path.join(_WORKDIR.value, 'metrics.jsonl')}")
 
 
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.main``)."""
-    # libtpu, when installed on a CPU machine, probes for TPUs at start-up.
-    if not any(a.startswith("--jax_platforms") for a in sys.argv):
-        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    quiet_accelerator_probes()
     app.run(main)
 
 

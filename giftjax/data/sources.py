@@ -61,9 +61,11 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
         )
     if source == "jsonl":
         path = _get(config_data, "path" if split == "train" else "eval_path", needed_by=needed_by)
+        demo = _get(config_data, "demonstration_field", "")
         return JsonlSource(
             path,
             prompt_field=_get(config_data, "prompt_field", "prompt"),
             answer_field=_get(config_data, "answer_field", "answer"),
+            extra_fields=(demo,) if demo else (),
         )
     raise ValueError(f"data.source={source!r}; expected one of {SOURCES}.")

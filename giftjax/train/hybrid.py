@@ -47,6 +47,7 @@ class BranchGrads(NamedTuple):
     loss: Array  # () float32: sum_k num_k / sum_k den_k (0 if the denominator is 0)
     sq_norm_sum: Array  # () float32: sum_k |g_k|^2 with g_k = K grad(num_k) / sum_j den_j
     num_microbatches: int  # K (static)
+    aux: dict[str, Array]  # the loss's scalar aux metrics, averaged over micro-batches
 
 
 def _stack(microbatches: Any, name: str) -> tuple[Any, int]:
@@ -119,16 +120,25 @@ def accumulate_grads(
             sq_sum = sq_sum + optim.tree_sq_norm(g)
         num = num + jnp.asarray(aux["numerator"], jnp.float32)
         den = den + jnp.asarray(aux["denominator"], jnp.float32)
-        return (g_sum, sq_sum, num, den), None
+        metrics = {
+            key: jnp.asarray(v, jnp.float32)
+            for key, v in aux.items()
+            if key not in ("numerator", "denominator") and jnp.ndim(v) == 0
+        }
+        return (g_sum, sq_sum, num, den), metrics
 
     scalar = jnp.zeros((), jnp.float32)
-    (g_sum, sq_sum, num, den), _ = jax.lax.scan(
+    (g_sum, sq_sum, num, den), per_mb = jax.lax.scan(
         body, (zeros, scalar, scalar, scalar), microbatches, unroll=unroll
     )
     inv = safe_divide(1.0, den)  # 0 when no tokens
     grads = jax.tree.map(lambda g, p: (g * inv).astype(jnp.result_type(p)), g_sum, params)
     return BranchGrads(
-        grads=grads, loss=num * inv, sq_norm_sum=sq_sum * jnp.square(k * inv), num_microbatches=k
+        grads=grads,
+        loss=num * inv,
+        sq_norm_sum=sq_sum * jnp.square(k * inv),
+        num_microbatches=k,
+        aux={key: jnp.mean(v) for key, v in per_mb.items()},
     )
 
 
@@ -165,9 +175,12 @@ def hybrid_step(
 
     Returns:
       ``(new_params, new_opt_state, metrics)``; metrics hold ``loss/sft``, ``loss/rl``,
+      both losses' own aux metrics (``sft/...`` and the RL loss's family, averaged over
+      micro-batches),
       ``grad_norm/sft``, ``grad_norm/rl`` and, when ``tx`` holds a GAC state, ``gac/mu`` (the
       weight applied in this step), ``gac/mu_raw``, ``gac/prior`` and the rest of
-      :func:`giftjax.optim.gac_metrics`.
+      :func:`giftjax.optim.gac_metrics`, ``grad/norm`` (of the mixed gradient) and ``loss``
+      (the mixed loss ``(1 - mu) loss/rl + mu loss/sft``).
     """
     if collect_stats and gac_stats is not None:
         raise ValueError(
@@ -193,10 +206,17 @@ def hybrid_step(
         "loss/rl": rl.loss,
         "grad_norm/sft": jnp.sqrt(optim.tree_sq_norm(sft.grads)),
         "grad_norm/rl": jnp.sqrt(optim.tree_sq_norm(rl.grads)),
+        **sft.aux,  # sft/... keys
+        **rl.aux,  # the RL loss's family/... keys
     }
     gac_state = optim.find_gac_state(opt_state, required=False)
     if gac_state is not None:
         metrics.update(optim.gac_metrics(gac_state))
+        # The mixed gradient and loss with the weight applied at this step (state.mu).
+        mu = gac_state.mu
+        mixed = jax.tree.map(lambda a, b: (1.0 - mu) * a + mu * b, rl.grads, sft.grads)
+        metrics["grad/norm"] = jnp.sqrt(optim.tree_sq_norm(mixed))
+        metrics["loss"] = (1.0 - mu) * rl.loss + mu * sft.loss
     return params, opt_state, metrics
 
 

@@ -1,4 +1,4 @@
-"""The command line and the loss demo it runs."""
+"""The loss demo and its command line."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def test_demo_computes_every_loss(tmp_path):
     assert record["loss/gift"] == results["gift"]["loss"]
 
 
-def run_main(*args):
+def run_demo(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_SKIP_MDS_QUERY="1")
     return subprocess.run(
-        [sys.executable, "-m", "giftjax.main", *args],
+        [sys.executable, "-m", "giftjax.demo", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -40,7 +40,7 @@ def run_main(*args):
 
 
 def test_command_line(tmp_path):
-    out = run_main(
+    out = run_demo(
         "--config=configs/demo.py",
         f"--workdir={tmp_path}",
         "--config.batch.prompts=2",
@@ -50,5 +50,5 @@ def test_command_line(tmp_path):
     assert "gift[author]" in out.stdout and "sft[chord]" in out.stdout
     assert (tmp_path / "metrics.jsonl").exists()
     # Locked config: a misspelt key fails and names it.
-    bad = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.batch.promts=2")
+    bad = run_demo("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.batch.promts=2")
     assert bad.returncode != 0 and "promts" in bad.stderr

@@ -1,0 +1,39 @@
+"""Process set-up shared by the command-line entry points (no JAX import here).
+
+``quiet_accelerator_probes`` keeps a CPU run free of libtpu's start-up noise: with libtpu
+installed (the ``[test]`` extra) on a machine without a TPU, JAX's TPU backend probe prints
+initialisation errors ("could not determine TPU worker hostnames ...") before a CPU run
+starts. Unless the user chose a platform (``JAX_PLATFORMS``), the CPU is picked when the
+machine has no TPU or GPU device files, and libtpu is told not to query the cloud metadata
+server. On a TPU VM or a GPU machine nothing changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+
+def has_tpu() -> bool:
+    """Whether this machine exposes TPU chips (v2-v4: /dev/accel*, v5+: /dev/vfio/*)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def has_gpu() -> bool:
+    """Whether this machine exposes NVIDIA GPUs."""
+    return os.path.exists("/dev/nvidiactl") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def quiet_accelerator_probes() -> None:
+    """Set the environment so a CPU-only machine starts JAX without TPU probe errors.
+
+    Call it before JAX's first computation (JAX reads ``JAX_PLATFORMS`` when it is imported;
+    if it already is, the same setting goes through ``jax.config``).
+    """
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    if "JAX_PLATFORMS" in os.environ or has_tpu() or has_gpu():
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")

@@ -1,0 +1,344 @@
+"""The trainer's config: every key with its default, and the checks run before a run starts.
+
+Recipes (``configs/*.py``) start from :func:`base_config` and change what they need; the
+command line overrides any key (``--config.train.steps=100``) through absl and
+ml_collections. The config is locked, so a misspelt key fails at once; ml_collections checks
+each override's type. :func:`validate` then checks what types cannot: choices, ranges and the
+divisibility of the batch by the mesh, the groups and the micro-batches. Every error names
+the key, the value received and what would be valid.
+
+Sections (see the README's "Config keys" table for each key's meaning):
+
+- ``seed``: the one source of randomness (step ``s`` uses ``fold_in(seed, s)``).
+- ``model``: a preset name or a local Hugging Face checkpoint, dtypes, remat, tokenizer.
+- ``mesh``: axis sizes over ``("data", "fsdp", "tensor")`` (-1 takes the rest) and the
+  logical-axis rules table.
+- ``data``: the prompt source (``synthetic`` or ``jsonl``), its fields, the prompt template.
+- ``reward``: reward name -> weight, the time limit of each call, the worker pool.
+- ``rollout``: P prompts per step, G samples per prompt, sampling settings.
+- ``algo``: the algorithm name (which picks the loss and the loop), the reference policy,
+  and each loss's own arguments in its sub-section.
+- ``optim``, ``train``, ``checkpoint``, ``log``, ``eval``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+ALGOS = ("gift", "grpo", "dapo", "dr_grpo", "gspo", "hybrid", "dpo", "sft")
+RL_ALGOS = ("gift", "grpo", "dapo", "dr_grpo", "gspo", "hybrid")  # sample every step
+OFFLINE_ALGOS = ("dpo", "sft")  # train on their own data, no rollout
+GRPO_FAMILY = ("grpo", "dapo", "dr_grpo", "gspo")
+REFERENCES = ("old", "initial")
+SCHEDULES = ("constant", "cosine", "linear")
+DATA_SOURCES = ("synthetic", "jsonl")
+TEMPLATES = ("plain", "chat")
+EXECUTORS = ("thread", "process")
+DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "full", "dots", "dots_no_batch", "save_qkv_proj")
+SHAPE_KEYS = (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+)  # fmt: skip
+
+
+def _placeholder(kind: type) -> Any:
+    """A typed field whose value is None until set ("use the preset's value")."""
+    return config_dict.placeholder(kind)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every trainer key with its default: the tiny model on the synthetic task with GIFT."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- Model: a preset built from scratch, or a local Hugging Face checkpoint.
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # giftjax.models.presets.PRESETS; ignored when hf_path is set
+    c.model.hf_path = ""  # a local checkpoint folder (config.json + safetensors)
+    c.model.vocab_size = 0  # 0: the preset's; the synthetic task sets its tokenizer's size
+    c.model.dtype = "float32"  # compute dtype
+    c.model.param_dtype = "float32"  # storage dtype of the parameters
+    c.model.remat = "none"
+    c.model.tokenizer = "synthetic"  # "synthetic" (built on the fly) or a tokenizer folder
+    c.model.shape = ml_collections.ConfigDict()  # overrides of the preset's shape (None: keep)
+    for key in SHAPE_KEYS:
+        c.model.shape[key] = _placeholder(int)
+
+    # --- Mesh: sizes over ("data", "fsdp", "tensor"); -1 takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.tensor = 1
+    c.mesh.rules = "fsdp"  # "fsdp" or "fsdp_tp" (giftjax.sharding.RULES)
+
+    # --- Data: where prompts (and answers, demonstrations) come from.
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"
+    c.data.kind = "add"  # the synthetic task's kind
+    c.data.path = ""  # the JSONL file for source="jsonl"
+    c.data.eval_path = ""  # held-out JSONL file (empty: no held-out eval for jsonl)
+    c.data.prompt_field = "prompt"
+    c.data.answer_field = "answer"
+    c.data.demonstration_field = ""  # JSONL field with a full response (sft/hybrid)
+    c.data.template = "plain"  # or "chat": the tokenizer's chat template
+    c.data.system = ""  # system message for the chat template
+    c.data.train_size = 100_000  # synthetic rows per split
+    c.data.eval_size = 64  # held-out prompts evaluated
+    c.data.max_prompt_len = 32  # prompts are left-padded to this many tokens
+    c.data.max_response_len = 16  # demonstration length for sft/dpo/hybrid
+
+    # --- Reward: registered name -> weight (giftjax.rewards.get); each call time-limited.
+    c.reward = ml_collections.ConfigDict()
+    c.reward.weights = ml_collections.ConfigDict({"synthetic": 1.0})
+    c.reward.time_limit = 5.0  # seconds per call
+    c.reward.workers = 4
+    c.reward.executor = "thread"  # or "process" (killable; for CPU-heavy verifiers)
+
+    # --- Rollout: P prompts x G samples per step.
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.prompts_per_step = 8
+    c.rollout.group_size = 4
+    c.rollout.max_new_tokens = 16
+    c.rollout.temperature = 1.0
+    c.rollout.top_p = 1.0
+    c.rollout.top_k = 0
+    c.rollout.stop_at_eos = True  # False: always max_new_tokens tokens (benchmarks)
+
+    # --- Algorithm: the name picks the loss and the loop.
+    c.algo = ml_collections.ConfigDict()
+    c.algo.name = "gift"
+    c.algo.reference = "old"  # the policy of the implicit reward / KL: "old" or "initial"
+    c.algo.gift = ml_collections.ConfigDict()
+    c.algo.gift.beta = 1.0
+    c.algo.gift.preset = ""  # "" (safe default, std floor) or "author"
+    c.algo.gift.std_floor = _placeholder(float)  # None: the loss's default
+    c.algo.grpo = ml_collections.ConfigDict()  # used by grpo, dapo, dr_grpo, gspo
+    c.algo.grpo.advantage = "grpo"  # "grpo", "dr_grpo" or "rloo"
+    c.algo.grpo.clip_low = _placeholder(float)  # None: the preset's value
+    c.algo.grpo.clip_high = _placeholder(float)
+    c.algo.grpo.kl_coef = _placeholder(float)
+    c.algo.grpo.agg = _placeholder(str)
+    c.algo.dpo = ml_collections.ConfigDict()
+    c.algo.dpo.beta = 0.1
+    c.algo.dpo.loss_type = "sigmoid"
+    c.algo.dpo.label_smoothing = 0.0
+    c.algo.sft = ml_collections.ConfigDict()
+    c.algo.sft.weighting = "none"  # or "chord"
+    c.algo.hybrid = ml_collections.ConfigDict()
+    c.algo.hybrid.rl = "gift"  # the RL branch: gift or a GRPO-family name
+    c.algo.hybrid.sft_weighting = "chord"
+    c.algo.gac = ml_collections.ConfigDict()  # giftjax.optim.gac's arguments
+    c.algo.gac.mode = "adaptive"
+    c.algo.gac.smoothing = "separate"
+    c.algo.gac.estimator = "gradient"
+    c.algo.gac.alpha = 0.5
+    c.algo.gac.blend = 0.5
+    c.algo.gac.ema = 0.99
+    c.algo.gac.refresh_every = 10
+    c.algo.gac.max_step = 0.01
+    c.algo.gac.init = 0.5
+    c.algo.gac.prior_warmup = 200  # CHORD prior: linear 0 -> peak over warmup steps,
+    c.algo.gac.prior_decay = 800  # then cosine peak -> end over decay steps
+    c.algo.gac.prior_peak = 0.85
+    c.algo.gac.prior_valley = 0.15
+
+    # --- Optimiser: AdamW after global-norm clipping.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-4
+    c.optim.schedule = "constant"  # "constant", "cosine" (to 0) or "linear" (to 0)
+    c.optim.warmup_steps = 0  # optimiser updates of linear warm-up
+    c.optim.clip_norm = 1.0  # 0 disables clipping
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+
+    # --- Training length and batching.
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 100  # rollout steps (offline algorithms: update steps)
+    c.train.updates_per_rollout = 1  # optimiser updates per rollout batch, whole groups each
+    c.train.micro_batches = 1  # gradient accumulation per update
+    c.train.warmup_sft_steps = 0  # SFT steps on demonstrations before the first rollout
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 50  # steps; the last step is always saved
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every = 1
+    c.log.samples = 4  # prompts written to samples.jsonl on each logged step
+    c.log.tensorboard = True
+    c.log.progress = True
+    c.log.wandb_project = ""  # set to log to Weights & Biases (pip install wandb)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0  # steps; 0 disables periodic evaluation
+    c.eval.num_samples = 4  # k of mean@k / pass@k (temperature sampling)
+    return c
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is valid."""
+
+
+def _choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"config.{key}={value!r} is not valid; choose one of {allowed}.")
+
+
+def _at_least(key: str, value: float, low: float, what: str = "") -> None:
+    if not value >= low:
+        raise ConfigError(f"config.{key}={value!r} must be >= {low}{what}.")
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """The mesh sizes with -1 resolved, checked against the number of devices."""
+    sizes = {a: int(config.mesh[a]) for a in ("data", "fsdp", "tensor")}
+    if list(sizes.values()).count(-1) > 1:
+        raise ConfigError(f"config.mesh {sizes}: at most one size may be -1.")
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ConfigError(f"config.mesh.{axis}={size} must be >= 1 or -1 (the rest).")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if num_devices % known:
+            raise ConfigError(
+                f"config.mesh {sizes}: {num_devices} devices are not divisible by {known}."
+            )
+        sizes = {a: (num_devices // known if s == -1 else s) for a, s in sizes.items()}
+    if math.prod(sizes.values()) != num_devices:
+        raise ConfigError(
+            f"config.mesh {sizes} needs {math.prod(sizes.values())} devices; "
+            f"{num_devices} are available."
+        )
+    return sizes
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Checks every value types cannot; raises ConfigError naming the key and the fix."""
+    c = config
+    _choice("algo.name", c.algo.name, ALGOS)
+    _choice("algo.reference", c.algo.reference, REFERENCES)
+    _choice("model.dtype", c.model.dtype, DTYPES)
+    _choice("model.param_dtype", c.model.param_dtype, DTYPES)
+    _choice("model.remat", c.model.remat, REMATS)
+    _choice("mesh.rules", c.mesh.rules, ("fsdp", "fsdp_tp"))
+    _choice("data.source", c.data.source, DATA_SOURCES)
+    _choice("data.template", c.data.template, TEMPLATES)
+    _choice("reward.executor", c.reward.executor, EXECUTORS)
+    _choice("optim.schedule", c.optim.schedule, SCHEDULES)
+    _choice("algo.hybrid.rl", c.algo.hybrid.rl, ("gift", *GRPO_FAMILY))
+    _choice("algo.gift.preset", c.algo.gift.preset, ("", "author"))
+    if not c.model.hf_path and not c.model.preset:
+        raise ConfigError("config.model.preset is empty and config.model.hf_path is not set.")
+    if c.data.source == "jsonl" and not c.data.path:
+        raise ConfigError("config.data.source='jsonl' needs config.data.path (a .jsonl file).")
+
+    r = c.rollout
+    for key in ("prompts_per_step", "group_size", "max_new_tokens"):
+        _at_least(f"rollout.{key}", r[key], 1)
+    _at_least("rollout.temperature", r.temperature, 0.0, " (0 is greedy)")
+    if not 0.0 < r.top_p <= 1.0:
+        raise ConfigError(f"config.rollout.top_p={r.top_p!r} must be in (0, 1] (1 disables).")
+    _at_least("rollout.top_k", r.top_k, 0, " (0 disables)")
+    if c.algo.name in RL_ALGOS and r.temperature == 0 and r.group_size > 1:
+        raise ConfigError(
+            "config.rollout.temperature=0 (greedy) makes the G samples of a prompt identical, "
+            "so every group has zero reward variance; use a temperature > 0."
+        )
+    _at_least("data.max_prompt_len", c.data.max_prompt_len, 1)
+    _at_least("data.max_response_len", c.data.max_response_len, 1)
+    for key in ("steps", "updates_per_rollout", "micro_batches"):
+        _at_least(f"train.{key}", c.train[key], 1)
+    _at_least("train.warmup_sft_steps", c.train.warmup_sft_steps, 0)
+    _at_least("checkpoint.every", c.checkpoint.every, 1)
+    _at_least("checkpoint.keep", c.checkpoint.keep, 1)
+    _at_least("log.every", c.log.every, 1)
+    _at_least("log.samples", c.log.samples, 0)
+    _at_least("eval.every", c.eval.every, 0, " (0 disables)")
+    _at_least("eval.num_samples", c.eval.num_samples, 1)
+    _at_least("reward.time_limit", c.reward.time_limit, 1e-3)
+    _at_least("reward.workers", c.reward.workers, 1)
+    _at_least("optim.learning_rate", c.optim.learning_rate, 0.0)
+    _at_least("optim.clip_norm", c.optim.clip_norm, 0.0, " (0 disables)")
+    _at_least("optim.warmup_steps", c.optim.warmup_steps, 0)
+    weights = dict(c.reward.weights)
+    if c.algo.name in RL_ALGOS and not weights:
+        raise ConfigError("config.reward.weights is empty; name at least one reward function.")
+    for name, w in weights.items():
+        if not isinstance(w, int | float) or not math.isfinite(w):
+            raise ConfigError(f"config.reward.weights.{name}={w!r} must be a finite number.")
+
+    sizes = mesh_shape(c, num_devices)
+    data_ways = sizes["data"] * sizes["fsdp"]
+    k = c.train.micro_batches
+    if c.algo.name in RL_ALGOS:
+        p, g, u = r.prompts_per_step, r.group_size, c.train.updates_per_rollout
+        if p % u:
+            raise ConfigError(
+                f"config.train.updates_per_rollout={u} must divide "
+                f"config.rollout.prompts_per_step={p}: each update takes whole groups. "
+                f"Valid values: {_divisors(p)}."
+            )
+        groups = p // u
+        if groups % k:
+            raise ConfigError(
+                f"config.train.micro_batches={k} must divide the {groups} groups of each update "
+                f"(prompts_per_step / updates_per_rollout): micro-batches hold whole groups. "
+                f"Valid values: {_divisors(groups)}."
+            )
+        rows = p * g // (u * k)
+        if rows % data_ways:
+            raise ConfigError(
+                f"a micro-batch of {rows} rows (P*G / (updates_per_rollout * micro_batches) = "
+                f"{p}*{g} / ({u}*{k})) is not divisible by the mesh's data axes "
+                f"(data*fsdp = {data_ways}); change config.rollout.prompts_per_step, "
+                f"config.rollout.group_size, config.train.micro_batches or config.mesh."
+            )
+    else:
+        p = r.prompts_per_step
+        if p % k or (p // k) % data_ways:
+            raise ConfigError(
+                f"config.rollout.prompts_per_step={p} (the {c.algo.name} batch) must split into "
+                f"config.train.micro_batches={k} micro-batches each divisible by the mesh's data "
+                f"axes (data*fsdp = {data_ways})."
+            )
+    if c.train.warmup_sft_steps or c.algo.name == "hybrid":
+        if r.prompts_per_step % k or (r.prompts_per_step // k) % data_ways:
+            raise ConfigError(
+                f"demonstration batches of config.rollout.prompts_per_step="
+                f"{r.prompts_per_step} rows must split into config.train.micro_batches={k} "
+                f"micro-batches divisible by the mesh's data axes ({data_ways})."
+            )
+    if c.algo.name == "hybrid":
+        _choice("algo.gac.mode", c.algo.gac.mode, ("adaptive", "fixed", "prior"))
+        _choice("algo.gac.smoothing", c.algo.gac.smoothing, ("separate", "anchored"))
+        _choice("algo.gac.estimator", c.algo.gac.estimator, ("gradient", "proxy"))
+        if c.algo.gac.estimator == "gradient" and k < 2:
+            raise ConfigError(
+                "config.algo.gac.estimator='gradient' measures noise from the spread of the "
+                "micro-batch gradients: set config.train.micro_batches >= 2 (it is 1)."
+            )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON-able Python (what ``config.json`` stores)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, Mapping | ml_collections.ConfigDict):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(config.to_dict())

@@ -1,0 +1,141 @@
+"""Evaluation on fixed prompt sets: greedy pass@1 and sampled mean@k / pass@k.
+
+For each evaluation split (the synthetic task's ``train`` range and its ``heldout`` range, or
+a JSONL eval file), the first ``data.eval_size`` rows are scored:
+
+- ``eval/<split>/pass@1``: the fraction of prompts whose greedy response earns the full reward
+  (total reward >= 1; with 0/1 rewards this is accuracy);
+- ``eval/<split>/reward_mean``: the mean reward of the greedy responses;
+- ``eval/<split>/mean@k``: the mean reward of k sampled responses per prompt (the rollout's
+  temperature, top-p and top-k), and ``eval/<split>/pass@k`` the fraction of prompts with at
+  least one of k samples earning the full reward (k = ``eval.num_samples``).
+
+Everything is a deterministic function of the parameters and the step's key, so evaluating
+the same checkpoint twice gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from giftjax import data as data_lib
+from giftjax import sampling
+from giftjax.rewards import RewardRunner
+from giftjax.train import rollout as rollout_lib
+
+FULL_REWARD = 1.0 - 1e-6  # a response "passes" when its total reward reaches 1
+
+
+def sources(config_data: ml_collections.ConfigDict, *, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The training source and the evaluation sources (name -> random-access rows).
+
+    The synthetic task is evaluated on its ``train`` range and on its ``heldout`` range (drawn
+    from a disjoint range, so the gap measures generalisation); a JSONL source on
+    ``data.eval_path`` when it is set (``heldout``).
+    """
+    train = data_lib.get_source(config_data, split="train", seed=seed)
+    evals: dict[str, Any] = {}
+    if config_data.source == "synthetic":
+        evals["train"] = train
+        evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
+    elif config_data.eval_path:
+        evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
+    return train, evals
+
+
+def _score(
+    model,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    runner: RewardRunner,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    key: jax.Array,
+    num_samples: int,
+    temperature: float,
+    step: int,
+) -> np.ndarray:
+    """Rewards [P, num_samples] of responses to ``rows``."""
+    texts = rollout_lib.render_prompts(tokenizer, rows, config)
+    ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
+    # Pad the prompt count to a multiple of the data axes with copies of the first prompt.
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    n = ids.shape[0]
+    ids, mask, _ = sampling.pad_prompts(
+        ids,
+        mask,
+        pad_id=tokenizer.pad_token_id,
+        length=config.data.max_prompt_len,
+        batch=-(-n // ways) * ways,
+    )
+    r = config.rollout
+    out = sampling.generate(
+        model,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        max_new_tokens=r.max_new_tokens,
+        key=key,
+        temperature=temperature,
+        top_p=r.top_p if temperature else 1.0,
+        top_k=r.top_k if temperature else 0,
+        num_samples=num_samples,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
+    out = sampling.drop_dummy_rows(out, n, num_samples=num_samples)
+    completions = data_lib.decode_responses(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
+    columns = rollout_lib.row_columns(rows)
+    rep = lambda xs: [x for x in xs for _ in range(num_samples)]
+    result = runner(rep(texts), completions, {k: rep(v) for k, v in columns.items()}, step=step)
+    return result.total.reshape(n, num_samples)
+
+
+def evaluate(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    sources: Mapping[str, Any],
+    *,
+    tokenizer: Any,
+    runner: RewardRunner,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    key: jax.Array,
+    step: int,
+) -> dict[str, float]:
+    """The ``eval/...`` metrics of ``params`` on each source in ``sources`` (name -> rows)."""
+    model = nnx.merge(graphdef, params)
+    k = config.eval.num_samples
+    out: dict[str, float] = {}
+    for i, (name, source) in enumerate(sorted(sources.items())):
+        n = min(config.data.eval_size, len(source))
+        if n == 0:
+            continue
+        rows = [source[j] for j in range(n)]
+        common = dict(tokenizer=tokenizer, runner=runner, config=config, mesh=mesh, step=step)
+        greedy = _score(model, rows, key=key, num_samples=1, temperature=0.0, **common)[:, 0]  # [P]
+        out[f"eval/{name}/pass@1"] = float(np.mean(greedy >= FULL_REWARD))
+        out[f"eval/{name}/reward_mean"] = float(np.mean(greedy))
+        temp = config.rollout.temperature
+        if k > 1 and temp > 0:
+            sampled = _score(
+                model,
+                rows,
+                key=jax.random.fold_in(key, i),
+                num_samples=k,
+                temperature=temp,
+                **common,
+            )  # [P, k]
+            out[f"eval/{name}/mean@{k}"] = float(np.mean(sampled))
+            out[f"eval/{name}/pass@{k}"] = float(np.mean(np.any(sampled >= FULL_REWARD, axis=1)))
+    return out

@@ -1,0 +1,442 @@
+"""The training loop: rollout, updates, metrics, evaluation and checkpoints, resumable.
+
+``train(config, workdir)`` runs ``train.warmup_sft_steps`` SFT steps on demonstrations (if
+any), then ``train.steps`` steps of ``algo.name``. For the RL algorithms one step is::
+
+    rows = next(data)                                  # P prompts (grain, per host)
+    rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
+    old, ref = log-probs under pi_old / the reference  # once per rollout batch
+    for u in range(train.updates_per_rollout):         # whole groups per update
+        state = update(state, rows of update u)        # micro-batched, exact
+    log, eval, checkpoint
+
+``dpo`` and ``sft`` train on preference pairs / demonstrations of the same rows instead, and
+``hybrid`` mixes an SFT branch on the rows' demonstrations with the RL branch under GAC.
+
+Resumption: a checkpoint holds the train state (params, optimiser, reference) and the data
+iterator's state; step ``s`` draws its randomness from ``fold_in(seed, s)``; rewards run on the
+host and are deterministic functions of the completions. Re-running the same command on the
+same WORKDIR therefore continues from the newest checkpoint and ends with the same parameters
+and metrics, bit for bit, as a run that was never interrupted; ``metrics.jsonl`` keeps rows up
+to the checkpoint and the resumed run writes the rest once. SIGTERM or SIGINT stop the loop
+after the step in progress, save once and return (exit code 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from giftjax import data as data_lib
+from giftjax import losses, models, rewards
+from giftjax import sharding as sharding_lib
+from giftjax.train import checkpoint as ckpt_lib
+from giftjax.train import config as config_lib
+from giftjax.train import evaluate as eval_lib
+from giftjax.train import rollout as rollout_lib
+from giftjax.train import state as state_lib
+from giftjax.train import step as step_lib
+from giftjax.train.metrics import MetricsLogger
+
+log = logging.getLogger("giftjax")
+
+
+def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
+    """The run's tokenizer; it must have a pad token and an EOS token."""
+    name = config.model.tokenizer or config.model.hf_path
+    if name == "synthetic":
+        tok = data_lib.build_tokenizer()
+    else:
+        if not os.path.isdir(name):
+            raise ValueError(
+                f"config.model.tokenizer={name!r} is not a folder; give a local tokenizer "
+                "folder (or 'synthetic' for the synthetic task's tokenizer)."
+            )
+        tok = models.load_tokenizer(name)
+    if tok.pad_token_id is None:
+        raise ValueError(
+            f"the tokenizer {name!r} has no pad token: set one (e.g. "
+            "tokenizer.pad_token = tokenizer.eos_token, then save_pretrained) and point "
+            "config.model.tokenizer at the saved folder."
+        )
+    if tok.eos_token_id is None:
+        raise ValueError(f"the tokenizer {name!r} has no EOS token; responses could never end.")
+    return tok
+
+
+class Trainer:
+    """Holds a run's parts; ``run()`` trains to ``total_steps`` and returns the last metrics."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        config_lib.validate(config, num_devices=jax.device_count())
+        c = config
+        self.is_main = jax.process_index() == 0
+        self.mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
+        self.rules = sharding_lib.get_rules(c.mesh.rules)
+        self.tokenizer = load_tokenizer(c)
+        self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
+
+        vocab = len(self.tokenizer)
+        model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
+        if model.config.vocab_size < vocab:
+            raise ValueError(
+                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
+                f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
+            )
+        self.warmup = c.train.warmup_sft_steps
+        self.total_steps = self.warmup + c.train.steps
+        self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
+        keep_ref = c.algo.reference == "initial" and c.algo.name != "sft"
+        self.graphdef, state = state_lib.init_state(
+            model, self.tx, seed=c.seed, keep_reference=keep_ref
+        )
+        self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
+        self.state = jax.device_put(state, self.state_sharding)
+        del model, state
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.num_params = state_lib.num_params(self.state.params)
+
+        tp = c.data.max_prompt_len
+        param_sh = self.state_sharding.params
+        self.logps = step_lib.make_logps_fn(
+            self.graphdef,
+            c,
+            mesh=self.mesh,
+            prompt_len=tp,
+            temperature=c.rollout.temperature,
+            param_sharding=param_sh,
+        )
+        self.demo_logps = step_lib.make_logps_fn(
+            self.graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=1.0,
+            param_sharding=param_sh,
+        )  # fmt: skip
+        kw = {"mesh": self.mesh, "prompt_len": tp, "state_sharding": self.state_sharding}
+        name = c.algo.name
+        self.sft_update = None
+        if self.warmup or name == "sft":
+            self.sft_update = step_lib.make_sft_update(
+                self.graphdef, self.tx, c, weighting=c.algo.sft.weighting, **kw
+            )
+        if name in step_lib.RL_LOSSES:
+            self.update = step_lib.make_rl_update(self.graphdef, self.tx, c, **kw)
+        elif name == "hybrid":
+            self.update = step_lib.make_hybrid_update(
+                self.graphdef, self.tx, c, demo_prompt_len=tp, **kw
+            )
+        elif name == "dpo":
+            self.update = step_lib.make_dpo_update(self.graphdef, self.tx, c, **kw)
+        else:
+            self.update = self.sft_update
+        rl_name = c.algo.hybrid.rl if name == "hybrid" else name
+        self.rl_name = rl_name
+        self.needs_old = c.train.updates_per_rollout > 1 and rl_name in step_lib.RL_LOSSES
+        self.needs_ref = c.algo.reference == "initial" and (
+            rl_name == "gift" or step_lib.uses_kl(c, rl_name) or name == "dpo"
+        )
+        self.schedule = state_lib.learning_rate_schedule(c, self._updates_before(self.total_steps))
+
+        self.checkpointer = ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            every=c.checkpoint.every,
+            keep=c.checkpoint.keep,
+            async_save=c.checkpoint.async_save,
+        )
+        ckpt_lib.check_config(workdir, config_lib.to_dict(c))
+        self.data = data_lib.prompt_iterator(
+            data_lib.prompt_dataset(
+                self.train_source,
+                batch_size=c.rollout.prompts_per_step,
+                seed=c.seed,
+                shard_index=jax.process_index(),
+                shard_count=jax.process_count(),
+            )
+        )
+        self.start_step = 0
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            abstract = state_lib.abstract_state(self.state, self.state_sharding)
+            self.state, data_state = self.checkpointer.restore(latest, abstract)
+            if data_state is not None:
+                self.data.set_state(data_state)
+            self.start_step = latest
+        self.runner = rewards.RewardRunner(
+            dict(c.reward.weights),
+            time_limit=c.reward.time_limit,
+            workers=c.reward.workers,
+            executor=c.reward.executor,
+            error_log=os.path.join(workdir, "reward_errors.jsonl") if self.is_main else None,
+        )
+        self.logger = MetricsLogger(
+            workdir,
+            total_steps=self.total_steps,
+            is_main=self.is_main,
+            tensorboard=c.log.tensorboard,
+            progress=c.log.progress,
+            wandb={"project": c.log.wandb_project} if c.log.wandb_project else None,
+            config=config_lib.to_dict(c),
+        )
+        if latest is not None:
+            self.logger.resume(latest)
+        self.base_key = jax.random.wrap_key_data(jax.device_get(self.state.rng))
+
+    # --------------------------------------------------------------------------------------
+
+    def _updates_per_step(self) -> int:
+        name = self.config.algo.name
+        return self.config.train.updates_per_rollout if name in config_lib.RL_ALGOS else 1
+
+    def _updates_before(self, step: int) -> int:
+        """Optimiser updates made before ``step`` (warm-up steps make one each)."""
+        w = min(step, self.warmup)
+        return w + max(step - self.warmup, 0) * self._updates_per_step()
+
+    def _set_step(self, step: int) -> None:
+        self.state = self.state.replace(step=jax.device_put(jnp.int32(step), self.replicated))
+
+    def run(self) -> dict[str, float]:
+        """Trains from the newest checkpoint (or the start) to the end; returns the last
+        logged metrics. Stops early, after saving, on SIGTERM/SIGINT."""
+        c = self.config
+        last: dict[str, float] = {}
+        if self.start_step >= self.total_steps:
+            log.info("workdir already holds the final checkpoint (step %d)", self.start_step)
+            self.close()
+            return last
+        with ckpt_lib.StopSignal() as stop:
+            for step in range(self.start_step, self.total_steps):
+                metrics = self.step(step)
+                done = step + 1
+                if (c.eval.every and done % c.eval.every == 0) or done == self.total_steps:
+                    metrics.update(self._evaluate(done))
+                if done % c.log.every == 0 or done == self.total_steps:
+                    self.logger.log(done, metrics)
+                    last = {"step": done, **metrics}
+                final = done == self.total_steps
+                if self.checkpointer.should_save(done) or final or stop.requested:
+                    self.checkpointer.save(
+                        done, self.state, data_state=self.data.get_state(), force=True
+                    )
+                if stop.requested and not final:
+                    log.warning("stop requested: saved step %d; re-run to resume", done)
+                    break
+        self.close()
+        return last
+
+    def step(self, step: int) -> dict[str, float]:
+        """Runs step ``step`` (0-based): the next data batch, then a warm-up SFT update or the
+        algorithm's step. Returns its metrics (host floats, ``time/...`` included); the
+        state's step counter becomes ``step + 1``."""
+        c = self.config
+        t0 = time.perf_counter()
+        rows = _records(next(self.data))
+        key = jax.random.fold_in(self.base_key, step)
+        if step < self.warmup:
+            metrics = self._warmup_step(rows)
+        elif c.algo.name in config_lib.RL_ALGOS:
+            metrics = self._rl_step(rows, key, step)
+        elif c.algo.name == "dpo":
+            metrics = self._dpo_step(rows)
+        else:
+            metrics = self._sft_step(rows)
+        done = step + 1
+        self._set_step(done)
+        metrics["lr"] = float(self.schedule(max(self._updates_before(done) - 1, 0)))
+        metrics["time/step"] = time.perf_counter() - t0
+        return metrics
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
+        self.logger.close()
+        self.runner.close()
+
+    # --------------------------------------------------------------------------------------
+
+    def _warmup_step(self, rows) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = rollout_lib.demonstration_batch(
+            rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
+        )
+        self.state, m = self.sft_update(self.state, batch)
+        out = _floats(m)
+        out["phase/sft_warmup"] = 1.0
+        out["time/update"] = time.perf_counter() - t0
+        return out
+
+    def _sft_step(self, rows) -> dict[str, float]:
+        return {k: v for k, v in self._warmup_step(rows).items() if k != "phase/sft_warmup"}
+
+    def _dpo_step(self, rows) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = rollout_lib.preference_batch(
+            rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
+        )
+        ref = self.state.ref_params if self.state.ref_params is not None else self.state.params
+        t_ref = time.perf_counter()
+        for side in ("chosen", "rejected"):
+            lp = self.demo_logps(ref, batch[f"{side}_tokens"], batch[f"{side}_attn"])
+            batch[f"ref_{side}"] = losses.sequence_logps(lp, batch[f"{side}_mask"])
+        t_ref = time.perf_counter() - t_ref
+        self.state, m = self.update(self.state, batch)
+        out = _floats(m)
+        out["time/reference"] = t_ref
+        out["time/update"] = time.perf_counter() - t0 - t_ref
+        return out
+
+    def _rl_step(self, rows, key: jax.Array, step: int) -> dict[str, float]:
+        c = self.config
+        ro = rollout_lib.generate_rollout(
+            self.graphdef,
+            self.state.params,
+            rows,
+            tokenizer=self.tokenizer,
+            runner=self.runner,
+            config=c,
+            mesh=self.mesh,
+            key=key,
+            step=step + 1,
+        )
+        batch: dict[str, jax.Array] = {
+            "tokens": ro.tokens,
+            "attn_mask": ro.attn_mask,
+            "resp_mask": ro.resp_mask,
+            "rewards": ro.rewards,
+            "sampler_logps": ro.sampler_logps,
+        }
+        t_ref = time.perf_counter()
+        if self.rl_name in losses.grpo.GRPO_PRESETS:
+            batch["advantages"] = _advantages(
+                ro.rewards,
+                group_size=c.rollout.group_size,
+                method=step_lib.advantage_method(c, self.rl_name),
+            )
+        if self.needs_old:
+            batch["old_logps"] = self.logps(self.state.params, ro.tokens, ro.attn_mask)
+        if self.needs_ref:
+            batch["ref_logps"] = self.logps(self.state.ref_params, ro.tokens, ro.attn_mask)
+        elif self.rl_name == "gift" and self.needs_old:
+            batch["ref_logps"] = batch["old_logps"]  # reference "old": pi_old
+        elif step_lib.uses_kl(c, self.rl_name) and self.needs_old:
+            batch["ref_logps"] = batch["old_logps"]
+        jax.block_until_ready(batch)
+        t_ref = time.perf_counter() - t_ref
+
+        t_upd = time.perf_counter()
+        u = c.train.updates_per_rollout
+        rows_per_update = ro.tokens.shape[0] // u
+        sft_batch = None
+        if c.algo.name == "hybrid":
+            sft_batch = rollout_lib.demonstration_batch(
+                rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
+            )
+            demos_per_update = sft_batch["tokens"].shape[0] // u
+        per_update = []
+        for i in range(u):
+            part = {k: v[i * rows_per_update : (i + 1) * rows_per_update] for k, v in batch.items()}
+            if sft_batch is None:
+                self.state, m = self.update(self.state, part)
+            else:
+                demo = {
+                    k: v[i * demos_per_update : (i + 1) * demos_per_update]
+                    for k, v in sft_batch.items()
+                }
+                self.state, m = self.update(self.state, part, demo)
+            per_update.append(m)
+        out = _mean_metrics(per_update)
+        if "logprob/mismatch" in per_update[0]:
+            out["logprob/mismatch"] = float(per_update[0]["logprob/mismatch"])
+        t_upd = time.perf_counter() - t_upd
+
+        r = ro.rewards_host
+        lengths = np.asarray(ro.resp_mask).sum(axis=1)
+        out.update(
+            {
+                "reward/mean": float(r.mean()),
+                "reward/std": float(r.std()),
+                "reward/errors": float(ro.reward_errors),
+                "response/length_mean": float(lengths.mean()),
+                "time/rollout": ro.seconds["rollout"],
+                "time/reward": ro.seconds["reward"],
+                "time/reference": t_ref,
+                "time/update": t_upd,
+            }
+        )
+        for name, values in ro.per_fn.items():
+            if len(ro.per_fn) > 1:
+                out[f"reward/{name}"] = float(np.mean(values))
+        total = ro.seconds["rollout"] + ro.seconds["reward"] + t_ref + t_upd
+        n_tokens = float(lengths.sum() + ro.tokens.shape[0] * c.data.max_prompt_len)
+        out["tokens/per_sec"] = n_tokens / max(total, 1e-9)
+        if self.is_main and c.log.samples and (step + 1) % c.log.every == 0:
+            self._log_samples(step + 1, ro)
+        return out
+
+    def _log_samples(self, step: int, ro: rollout_lib.Rollout) -> None:
+        g = self.config.rollout.group_size
+        r = ro.rewards_host
+        rows = []
+        for p in range(min(self.config.log.samples, len(ro.prompts))):
+            for j in range(g):
+                i = p * g + j
+                row = {
+                    "prompt": ro.prompts[p],
+                    "completion": ro.completions[i],
+                    "reward": float(r[i]),
+                }
+                if "answer" in ro.columns:
+                    row["answer"] = ro.columns["answer"][p]
+                rows.append(row)
+        self.logger.log_samples(step, rows)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        return eval_lib.evaluate(
+            self.graphdef,
+            self.state.params,
+            self.eval_sources,
+            tokenizer=self.tokenizer,
+            runner=self.runner,
+            config=self.config,
+            mesh=self.mesh,
+            key=jax.random.fold_in(jax.random.fold_in(self.base_key, step), 1),
+            step=step,
+        )
+
+
+_advantages = jax.jit(losses.group_advantages, static_argnames=("group_size", "method"))
+
+
+def _records(batch: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """A collated batch ``{field: [values]}`` as one dict per row."""
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    host = jax.device_get(dict(metrics))
+    return {k: float(v) for k, v in host.items()}
+
+
+def _mean_metrics(per_update: list[Mapping[str, Any]]) -> dict[str, float]:
+    host = [jax.device_get(dict(m)) for m in per_update]
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint if any)."""
+    return Trainer(config, workdir).run()

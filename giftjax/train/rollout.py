@@ -1,0 +1,232 @@
+"""One rollout batch: prompts -> generate -> decode -> rewards, and demonstration batches.
+
+Shape letters: P prompts, G samples per prompt, B = P x G rows (the samples of prompt g are
+the contiguous rows g*G .. g*G+G-1), Tp prompt tokens (left-padded to ``data.max_prompt_len``,
+so every step has the same shapes and the sampler compiles once), M = ``rollout.max_new_tokens``
+response tokens, T = Tp + M.
+
+Host work (tokenising, decoding, rewards) is NumPy and Python; device work (sampling) is one
+jitted ``giftjax.sampling.generate`` on the trainer's mesh and weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from giftjax import data as data_lib
+from giftjax import sampling
+from giftjax import sharding as sharding_lib
+from giftjax.rewards import RewardRunner
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One rollout batch (device arrays sharded by rows, host lists for logging).
+
+    Attributes:
+      tokens: [B, T] int32, the left-padded prompt then the response.
+      attn_mask: [B, T] int32, 1 for real tokens (prompt padding and post-EOS slots are 0).
+      resp_mask: [B, M] float32, 1 for response tokens (the EOS included).
+      sampler_logps: [B, M] float32, the sampler's log-probs of its tokens.
+      rewards: [B] float32, the weighted reward of each response.
+      prompts: P prompt texts; completions: B decoded responses; columns: the data rows'
+        other fields per prompt; per_fn: reward name -> [B]; reward_errors: failed calls.
+      seconds: {"rollout": generate + decode, "reward": reward calls}.
+    """
+
+    tokens: jax.Array
+    attn_mask: jax.Array
+    resp_mask: jax.Array
+    sampler_logps: jax.Array
+    rewards: jax.Array
+    prompts: list[str]
+    completions: list[str]
+    columns: dict[str, list[Any]]
+    per_fn: dict[str, np.ndarray]
+    reward_errors: int
+    seconds: dict[str, float]
+
+    @property
+    def rewards_host(self) -> np.ndarray:
+        return np.asarray(self.rewards)
+
+
+def render_prompts(
+    tokenizer: Any, rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> list[str]:
+    """The prompt text of each data row through ``data.template``."""
+    return [
+        data_lib.render_prompt(
+            tokenizer,
+            row["prompt"],
+            template=config.data.template,
+            system=config.data.system or None,
+        )
+        for row in rows
+    ]
+
+
+def row_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The rows' fields other than the prompt, as lists (the reward functions' ``columns``)."""
+    keys = [k for k in rows[0] if k != "prompt"] if rows else []
+    return {k: [row.get(k) for row in rows] for k in keys}
+
+
+def generate_rollout(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    runner: RewardRunner,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    key: jax.Array,
+    step: int,
+) -> Rollout:
+    """Samples G responses for each of the P data rows, decodes and scores them."""
+    r = config.rollout
+    g = r.group_size
+    start = time.perf_counter()
+    texts = render_prompts(tokenizer, rows, config)
+    ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
+    model = nnx.merge(graphdef, params)
+    out = sampling.generate(
+        model,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        max_new_tokens=r.max_new_tokens,
+        key=key,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        num_samples=g,
+        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
+        pad_id=tokenizer.pad_token_id,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
+    resp_tokens, resp_mask = np.asarray(out.tokens), np.asarray(out.mask)  # [B, M]
+    completions = data_lib.decode_responses(tokenizer, resp_tokens, resp_mask)
+    prompt_ids = np.repeat(ids, g, axis=0)  # [B, Tp]
+    prompt_mask = np.repeat(mask, g, axis=0)
+    tokens = np.concatenate([prompt_ids, resp_tokens], axis=1).astype(np.int32)  # [B, T]
+    attn = np.concatenate([prompt_mask, resp_mask], axis=1).astype(np.int32)
+    t_rollout = time.perf_counter() - start
+
+    start = time.perf_counter()
+    columns = row_columns(rows)
+    rep = lambda xs: [x for x in xs for _ in range(g)]
+    result = runner(rep(texts), completions, {k: rep(v) for k, v in columns.items()}, step=step)
+    t_reward = time.perf_counter() - start
+
+    rules = sharding_lib.get_rules(config.mesh.rules)
+    placed = sharding_lib.shard_batch(
+        {
+            "tokens": tokens,
+            "attn_mask": attn,
+            "resp_mask": resp_mask.astype(np.float32),
+            "sampler_logps": np.asarray(out.logps, np.float32),
+            "rewards": result.total.astype(np.float32),
+        },
+        mesh,
+        rules,
+    )
+    return Rollout(
+        tokens=placed["tokens"],
+        attn_mask=placed["attn_mask"],
+        resp_mask=placed["resp_mask"],
+        sampler_logps=placed["sampler_logps"],
+        rewards=placed["rewards"],
+        prompts=texts,
+        completions=completions,
+        columns=columns,
+        per_fn=result.per_fn,
+        reward_errors=result.errors,
+        seconds={"rollout": t_rollout, "reward": t_reward},
+    )
+
+
+def demonstration_batch(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+) -> dict[str, jax.Array]:
+    """Teacher-forcing rows ``tokens``, ``attn_mask`` [P, Tp+Mr] and ``resp_mask`` [P, Mr]
+    (Mr = ``data.max_response_len``) from each row's prompt and demonstration."""
+    texts = render_prompts(tokenizer, rows, config)
+    response_field = config.data.demonstration_field or "demonstration"
+    responses = []
+    for i, row in enumerate(rows):
+        resp = row.get(response_field)
+        if not isinstance(resp, str) or not resp:
+            raise ValueError(
+                f"data row {i} has no {response_field!r} text; the sft, dpo and hybrid "
+                "algorithms and train.warmup_sft_steps need demonstrations (for JSONL data "
+                "set config.data.demonstration_field)."
+            )
+        responses.append(resp)
+    return _pair_rows(texts, responses, tokenizer, config, mesh)
+
+
+def _pair_rows(texts, responses, tokenizer, config, mesh) -> dict[str, jax.Array]:
+    enc = data_lib.encode_demonstrations(
+        tokenizer,
+        texts,
+        responses,
+        max_prompt_len=config.data.max_prompt_len,
+        max_response_len=config.data.max_response_len,
+    )
+    tokens = np.concatenate([enc["prompt_ids"], enc["response_ids"]], axis=1).astype(np.int32)
+    attn = np.concatenate([enc["prompt_mask"], enc["response_mask"]], axis=1).astype(np.int32)
+    return sharding_lib.shard_batch(
+        {
+            "tokens": tokens,
+            "attn_mask": attn,
+            "resp_mask": enc["response_mask"].astype(np.float32),
+        },
+        mesh,
+        sharding_lib.get_rules(config.mesh.rules),
+    )
+
+
+def rejected_response(text: str) -> str:
+    """A deterministic wrong response for DPO pairs when the data has no ``rejected`` field:
+    the demonstration reversed (or with its last character doubled if it is a palindrome)."""
+    flipped = text[::-1]
+    return flipped if flipped != text else text + text[-1:]
+
+
+def preference_batch(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+) -> dict[str, jax.Array]:
+    """DPO pairs: the demonstration as chosen, the row's ``rejected`` (else
+    :func:`rejected_response`) as rejected; keys ``chosen_*`` and ``rejected_*``."""
+    chosen = demonstration_batch(rows, tokenizer=tokenizer, config=config, mesh=mesh)
+    texts = render_prompts(tokenizer, rows, config)
+    rejected_text = [row.get("rejected") or rejected_response(row["demonstration"]) for row in rows]
+    rejected = _pair_rows(texts, rejected_text, tokenizer, config, mesh)
+    return {
+        "chosen_tokens": chosen["tokens"],
+        "chosen_attn": chosen["attn_mask"],
+        "chosen_mask": chosen["resp_mask"],
+        "rejected_tokens": rejected["tokens"],
+        "rejected_attn": rejected["attn_mask"],
+        "rejected_mask": rejected["resp_mask"],
+    }

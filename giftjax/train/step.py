@@ -1,0 +1,475 @@
+"""The jitted pieces of a train step: response log-probs, the loss table, and the updates.
+
+Shape letters: B rows of one update (whole groups, ``B = P_u x G``), K micro-batches,
+``b = B / K`` rows per micro-batch, T = Tp + M tokens per row (Tp left-padded prompt tokens,
+M response tokens), D model width, V vocabulary.
+
+A row is ``tokens [T] = prompt [Tp] ++ response [M]``. The response log-probs come from the
+model's final hidden states at positions ``Tp-1 .. T-2`` (each predicts the next token) through
+``kernels.token_logprobs_sharded``, which never builds ``[B, M, V]`` logits.
+
+Every update is exact under micro-batching: each loss returns ``aux["numerator"]`` and
+``aux["denominator"]``; :func:`giftjax.train.hybrid.accumulate_grads` differentiates the
+numerator of each micro-batch in one ``lax.scan``, sums, and divides once by the summed
+denominator, so the loss and the gradient do not depend on ``train.micro_batches``
+(micro-batches hold whole groups, so GIFT's and GRPO's group statistics are unchanged).
+
+The loss is picked by ``algo.name`` from :data:`RL_LOSSES` (gift, grpo, dapo, dr_grpo,
+gspo); ``sft`` and ``dpo`` train on their own data; ``hybrid`` mixes an SFT branch and an RL
+branch with GAC (:func:`giftjax.train.hybrid.hybrid_step`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from giftjax import kernels, losses
+from giftjax import sharding as sharding_lib
+from giftjax.train.hybrid import accumulate_grads, hybrid_step
+from giftjax.train.state import TrainState
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+
+# ------------------------------------------------------------------------------------------
+# Log-probs of response tokens.
+# ------------------------------------------------------------------------------------------
+
+
+def response_logps(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    tokens: Array,
+    attn_mask: Array,
+    *,
+    prompt_len: int,
+    temperature: float,
+    mesh: Mesh,
+    rules: Any,
+) -> Array:
+    """Per-token log-probs of the response part of each row under the policy ``params``.
+
+    ``logp[i, j] = log softmax(h[i, Tp-1+j] / temperature @ W)[tokens[i, Tp+j]]``.
+
+    Args:
+      graphdef: the model's NNX graphdef.
+      params: its parameters (``nnx.State``).
+      tokens: [B, T] int32, prompt (left-padded, Tp columns) then response (M columns).
+      attn_mask: [B, T] 1 for real tokens (prompt padding and tokens after EOS are 0).
+      prompt_len: Tp (static).
+      temperature: the sampler's temperature (the log-probs are those it sampled from; 0,
+        greedy, is scored at 1).
+      mesh, rules: the device mesh and logical-axis rules.
+
+    Returns:
+      [B, M] float32.
+    """
+    if tokens.ndim != 2 or attn_mask.shape != tokens.shape:
+        raise ValueError(
+            f"tokens and attn_mask must both be [B, T]; got {tokens.shape}, {attn_mask.shape}."
+        )
+    if not 0 < prompt_len < tokens.shape[1]:
+        raise ValueError(f"prompt_len={prompt_len} must be in (0, T={tokens.shape[1]}).")
+    model = nnx.merge(graphdef, params)
+    hidden = model(tokens[:, :-1], attn_mask[:, :-1], return_hidden=True)  # [B, T-1, D]
+    hidden = hidden[:, prompt_len - 1 :]  # [B, M, D]: position Tp-1+j predicts token Tp+j
+    targets = tokens[:, prompt_len:]  # [B, M]
+    lm_head = model.lm_head_weight().astype(hidden.dtype)  # [D, V]
+    rules = sharding_lib.get_rules(rules)
+    table = dict(rules)
+    vocab_axis = "tensor" if table.get("vocab") == "tensor" else None
+    temp = float(temperature) if temperature > 0 else 1.0
+    if vocab_axis is None and mesh.shape["tensor"] > 1:
+        raise ValueError("a mesh with tensor > 1 needs the fsdp_tp rules (vocab over tensor).")
+    token_axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+    n_tokens = targets.size
+    shards = 1
+    for a in token_axes:
+        shards *= mesh.shape[a]
+    if n_tokens % shards:
+        token_axes = ()
+    return kernels.token_logprobs_sharded(
+        hidden,
+        lm_head,
+        targets,
+        mesh=mesh,
+        token_axes=token_axes,
+        vocab_axis="tensor",
+        temperature=temp,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The loss table: name -> f(logps [b, M], microbatch, settings) -> (loss, aux).
+# ------------------------------------------------------------------------------------------
+
+
+def _gift(logps: Array, mb: Batch, s: ml_collections.ConfigDict) -> tuple[Array, dict]:
+    kw: dict[str, Any] = {"group_size": s.group_size, "beta": s.algo.gift.beta}
+    if s.algo.gift.preset:
+        kw["preset"] = s.algo.gift.preset
+    if s.algo.gift.std_floor is not None:
+        kw["std_floor"] = s.algo.gift.std_floor
+    ref = mb["ref_logps"] if "ref_logps" in mb else jax.lax.stop_gradient(logps)
+    return losses.gift_loss(logps, ref, mb["resp_mask"], mb["rewards"], **kw)
+
+
+def _grpo_family(preset: str) -> Callable[..., tuple[Array, dict]]:
+    def loss(logps: Array, mb: Batch, s: ml_collections.ConfigDict) -> tuple[Array, dict]:
+        g = s.algo.grpo
+        kw: dict[str, Any] = {"preset": preset, "max_len": s.rollout.max_new_tokens}
+        for key in ("clip_low", "clip_high", "kl_coef", "agg"):
+            if g[key] is not None:
+                kw[key] = g[key]
+        # pi_old: recomputed before the first update, or the current policy itself when there
+        # is one update per rollout batch (the ratio is then exactly 1; no extra pass).
+        old = mb["old_logps"] if "old_logps" in mb else jax.lax.stop_gradient(logps)
+        if "ref_logps" in mb:
+            kw["ref_logps"] = mb["ref_logps"]
+        elif s.uses_kl:
+            kw["ref_logps"] = jax.lax.stop_gradient(logps)
+        return losses.grpo_loss(logps, old, mb["resp_mask"], mb["advantages"], **kw)
+
+    return loss
+
+
+RL_LOSSES: dict[str, Callable[..., tuple[Array, dict]]] = {
+    "gift": _gift,
+    "grpo": _grpo_family("grpo"),
+    "dapo": _grpo_family("dapo"),
+    "dr_grpo": _grpo_family("dr_grpo"),
+    "gspo": _grpo_family("gspo"),
+}
+
+
+def get_rl_loss(name: str) -> Callable[..., tuple[Array, dict]]:
+    """The RL loss called ``name``; an unknown name lists the known ones."""
+    if name not in RL_LOSSES:
+        raise ValueError(f"unknown RL loss {name!r}; known: {sorted(RL_LOSSES)}.")
+    return RL_LOSSES[name]
+
+
+def uses_kl(config: ml_collections.ConfigDict, name: str) -> bool:
+    """Whether the GRPO-family loss ``name`` has a KL term (so needs reference log-probs)."""
+    if name not in losses.grpo.GRPO_PRESETS:
+        return False
+    kl = config.algo.grpo.kl_coef
+    if kl is None:
+        kl = losses.grpo.GRPO_PRESETS[name].get("kl_coef", 0.0)
+    return bool(kl)
+
+
+def advantage_method(config: ml_collections.ConfigDict, name: str) -> str:
+    """The group-advantage method of a GRPO-family run (dr_grpo: mean-centred, unscaled)."""
+    return config.algo.grpo.advantage or ("dr_grpo" if name == "dr_grpo" else "grpo")
+
+
+# ------------------------------------------------------------------------------------------
+# Updates.
+# ------------------------------------------------------------------------------------------
+
+
+def _mismatch(logps: Array, mb: Batch) -> dict[str, Array]:
+    """``logprob/mismatch``: mean |sampler log-prob - trainer log-prob| over response tokens
+    (meaningful on the first update of a rollout batch, while the weights are the sampler's)."""
+    if "sampler_logps" not in mb:
+        return {}
+    m = mb["resp_mask"]
+    diff = jnp.abs(jax.lax.stop_gradient(logps) - mb["sampler_logps"]) * m
+    return {"logprob/mismatch": jnp.sum(diff) / jnp.maximum(jnp.sum(m), 1.0)}
+
+
+def _split_microbatches(batch: Batch, k: int) -> dict[str, Array]:
+    """[B, ...] -> [K, B/K, ...] for every leaf (contiguous rows: whole groups stay whole)."""
+    return {key: x.reshape(k, x.shape[0] // k, *x.shape[1:]) for key, x in batch.items()}
+
+
+def _apply(
+    tx: optax.GradientTransformation, state: TrainState, grads: Any
+) -> tuple[TrainState, dict[str, Array]]:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "grad/norm": optax.tree.norm(grads),
+        "params/norm": optax.tree.norm(params),
+    }
+    return state.replace(params=params, opt_state=opt_state), metrics
+
+
+def settings(config: ml_collections.ConfigDict, rl_name: str) -> ml_collections.FrozenConfigDict:
+    """What the loss functions read: the config plus derived fields, frozen (hashable)."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.group_size = config.rollout.group_size
+    c.uses_kl = uses_kl(config, rl_name)
+    return ml_collections.FrozenConfigDict(c)
+
+
+def rl_microbatch_loss(
+    graphdef: nnx.GraphDef,
+    config: ml_collections.ConfigDict,
+    *,
+    name: str,
+    mesh: Mesh,
+    prompt_len: int,
+) -> Callable[[Any, Batch], tuple[Array, dict]]:
+    """``(params, mb) -> (loss, aux)``: the RL loss ``name`` on one micro-batch of rollout
+    rows (``tokens``, ``attn_mask`` [b, T]; ``resp_mask`` [b, M]; ``rewards`` [b]; the
+    GRPO family's ``advantages`` [b]; optional ``old_logps``, ``ref_logps``,
+    ``sampler_logps`` [b, M]), with ``logprob/mismatch`` added when ``sampler_logps`` is given.
+    """
+    s = settings(config, name)
+    loss_fn = get_rl_loss(name)
+    temp = config.rollout.temperature
+    rules = config.mesh.rules
+
+    def mb_loss(params, mb):
+        logps = response_logps(
+            graphdef,
+            params,
+            mb["tokens"],
+            mb["attn_mask"],
+            prompt_len=prompt_len,
+            temperature=temp,
+            mesh=mesh,
+            rules=rules,
+        )
+        loss, aux = loss_fn(logps, mb, s)
+        return loss, {**aux, **_mismatch(logps, mb)}
+
+    return mb_loss
+
+
+def _accumulating_update(mb_loss, tx: optax.GradientTransformation, k: int, *, both=False):
+    """``(state, batch) -> (state, metrics)``: exact micro-batch accumulation, then ``tx``.
+
+    ``both=True`` hands ``{"sft": g, "rl": g}`` to ``tx`` (a GAC chain: SFT warm-up steps of a
+    hybrid run, where the mixed gradient is ``g`` whatever the weight).
+    """
+
+    def update(state: TrainState, batch: Batch):
+        mbs = _split_microbatches(batch, k)
+        acc = accumulate_grads(mb_loss, state.params, mbs, collect_stats=False)
+        grads = {"sft": acc.grads, "rl": acc.grads} if both else acc.grads
+        state, metrics = _apply(tx, state, grads)
+        if both:
+            metrics["grad/norm"] = optax.tree.norm(acc.grads)
+        return state, {**acc.aux, **metrics, "loss": acc.loss}
+
+    return update
+
+
+def make_rl_update(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    state_sharding: TrainState,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """The jitted RL update ``(state, batch) -> (state, metrics)``; the state is donated.
+
+    ``batch`` holds one update's B rows (whole groups), as :func:`rl_microbatch_loss` takes
+    them with a leading [B] axis; it is split into ``train.micro_batches`` micro-batches.
+    """
+    mb_loss = rl_microbatch_loss(
+        graphdef, config, name=config.algo.name, mesh=mesh, prompt_len=prompt_len
+    )
+    update = _accumulating_update(mb_loss, tx, config.train.micro_batches)
+    return _jit_update(update, state_sharding, mesh)
+
+
+def _jit_update(update, state_sharding: TrainState, mesh: Mesh):
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        update,
+        in_shardings=(state_sharding, None),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def sft_microbatch_loss(
+    graphdef: nnx.GraphDef,
+    *,
+    prompt_len: int,
+    weighting: str,
+    mesh: Mesh,
+    rules: Any,
+) -> Callable[[Any, Batch], tuple[Array, dict]]:
+    """``(params, mb) -> sft_loss`` on demonstration rows (``tokens``, ``attn_mask``,
+    ``resp_mask``), teacher-forced at temperature 1."""
+
+    def loss(params, mb):
+        logps = response_logps(
+            graphdef,
+            params,
+            mb["tokens"],
+            mb["attn_mask"],
+            prompt_len=prompt_len,
+            temperature=1.0,
+            mesh=mesh,
+            rules=rules,
+        )
+        return losses.sft_loss(logps, mb["resp_mask"], weighting=weighting)
+
+    return loss
+
+
+def make_sft_update(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    state_sharding: TrainState,
+    weighting: str = "none",
+):
+    """The jitted SFT update on demonstrations (the ``sft`` algorithm and the warm-up; in a
+    hybrid run the warm-up gradient is both GAC branches, so it is applied unmixed)."""
+    mb_loss = sft_microbatch_loss(
+        graphdef, prompt_len=prompt_len, weighting=weighting, mesh=mesh, rules=config.mesh.rules
+    )
+    both = config.algo.name == "hybrid"  # warm-up steps of a hybrid run go through GAC
+    update = _accumulating_update(mb_loss, tx, config.train.micro_batches, both=both)
+    return _jit_update(update, state_sharding, mesh)
+
+
+def make_dpo_update(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    state_sharding: TrainState,
+):
+    """The jitted DPO update on preference pairs.
+
+    ``batch``: ``chosen_tokens``, ``chosen_attn``, ``rejected_tokens``, ``rejected_attn``
+    [B, T]; ``chosen_mask``, ``rejected_mask`` [B, M]; ``ref_chosen``, ``ref_rejected`` [B]
+    (sequence log-probs under the reference).
+    """
+    k = config.train.micro_batches
+    d = config.algo.dpo
+    rules = config.mesh.rules
+
+    def seq_logps(params, tokens, attn, mask):
+        lp = response_logps(
+            graphdef,
+            params,
+            tokens,
+            attn,
+            prompt_len=prompt_len,
+            temperature=1.0,
+            mesh=mesh,
+            rules=rules,
+        )
+        return losses.sequence_logps(lp, mask)
+
+    def mb_loss(params, mb):
+        chosen = seq_logps(params, mb["chosen_tokens"], mb["chosen_attn"], mb["chosen_mask"])
+        rejected = seq_logps(
+            params, mb["rejected_tokens"], mb["rejected_attn"], mb["rejected_mask"]
+        )
+        return losses.dpo_loss(
+            chosen,
+            rejected,
+            mb["ref_chosen"],
+            mb["ref_rejected"],
+            beta=d.beta,
+            loss_type=d.loss_type,
+            label_smoothing=d.label_smoothing,
+        )
+
+    update = _accumulating_update(mb_loss, tx, k)
+    return _jit_update(update, state_sharding, mesh)
+
+
+def make_hybrid_update(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    demo_prompt_len: int,
+    state_sharding: TrainState,
+):
+    """The jitted hybrid SFT+RL update under GAC: ``(state, rl_batch, sft_batch)``.
+
+    The RL branch is ``algo.hybrid.rl``'s loss on the rollout rows, the SFT branch
+    ``sft_loss(weighting=algo.hybrid.sft_weighting)`` on the demonstrations; both are
+    accumulated over ``train.micro_batches`` micro-batches and mixed by ``optim.gac`` with the
+    ``gradient`` estimator's statistics.
+    """
+    k = config.train.micro_batches
+    sft_loss = sft_microbatch_loss(
+        graphdef,
+        prompt_len=demo_prompt_len,
+        weighting=config.algo.hybrid.sft_weighting,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
+    rl_mb_loss = rl_microbatch_loss(
+        graphdef, config, name=config.algo.hybrid.rl, mesh=mesh, prompt_len=prompt_len
+    )
+
+    def update(state: TrainState, rl_batch: Batch, sft_batch: Batch):
+        rl_mbs = _split_microbatches(rl_batch, k)
+        sft_mbs = _split_microbatches(sft_batch, k)
+        params, opt_state, metrics = hybrid_step(
+            state.params,
+            state.opt_state,
+            sft_mbs,
+            rl_mbs,
+            sft_loss_fn=sft_loss,
+            rl_loss_fn=rl_mb_loss,
+            tx=tx,
+        )
+        metrics = {**metrics, "params/norm": optax.tree.norm(params)}
+        return state.replace(params=params, opt_state=opt_state), metrics
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        update,
+        in_shardings=(state_sharding, None, None),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_logps_fn(
+    graphdef: nnx.GraphDef,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    temperature: float,
+    param_sharding: Any,
+):
+    """The jitted ``(params, tokens [B, T], attn_mask [B, T]) -> logps [B, M]`` used for the
+    reference and pi_old log-probs (no gradient)."""
+    fn = functools.partial(
+        response_logps,
+        graphdef,
+        prompt_len=prompt_len,
+        temperature=temperature,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
+    return jax.jit(
+        lambda p, t, a: jax.lax.stop_gradient(fn(p, t, a)),
+        in_shardings=(param_sharding, None, None),
+    )
