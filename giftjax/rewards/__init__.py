@@ -29,8 +29,7 @@ verified math rewards ``gsm8k``, ``math`` and ``format`` (see :mod:`giftjax.rewa
 ``math`` with ``executor="process"``, whose workers are killed when late).
 """
 
-from giftjax.rewards import builtin  # noqa: F401  (registers the built-in rewards)
-from giftjax.rewards import math  # noqa: F401  (registers gsm8k, math, format)
+from giftjax.rewards import builtin, math  # noqa: F401  (register the built-in and math rewards)
 from giftjax.rewards.registry import get, names, register
 from giftjax.rewards.runner import RewardResult, RewardRunner
 
