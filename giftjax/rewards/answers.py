@@ -85,7 +85,7 @@ def nesting_depth(text: str) -> int:
     while i < n:
         char = text[i]
         if char == "\\" and i + 1 < n:
-            char = text[i + 1] if text[i + 1] in "{}" else ""
+            char = text[i + 1] if text[i + 1] in "{}" else "\\"  # "\\" counts as no bracket
             i += 1
         if char in "([{":
             depth += 1
