@@ -16,7 +16,12 @@ import pytest
 
 from giftjax import rewards
 from giftjax.rewards import answers
-from giftjax.rewards.math import has_final_answer, latex_equivalent, reference_latex
+from giftjax.rewards.math import (
+    has_final_answer,
+    latex_equivalent,
+    reference_latex,
+    sympy_equivalent,
+)
 
 HERE = Path(__file__).parent
 SHARED = Path(os.environ.get("GIFTJAX_SHARED_DATA", os.path.join("..", "shared", "data")))
@@ -168,6 +173,7 @@ def test_gsm8k_reward_compares_numbers_exactly():
 )
 def test_latex_equivalent(gold, pred):
     assert latex_equivalent(gold, pred)
+    assert sympy_equivalent(gold, pred)  # math-verify alone agrees (no string shortcut)
     assert math_reward(["p"], [f"Thus $\\boxed{{{pred}}}$."], answer=[gold]) == [1.0]
 
 
@@ -188,6 +194,7 @@ def test_latex_equivalent(gold, pred):
 )
 def test_latex_not_equivalent(gold, pred):
     assert not latex_equivalent(gold, pred)
+    assert not sympy_equivalent(gold, pred)
 
 
 def test_math_reward_reads_the_last_box_only():
@@ -265,7 +272,11 @@ def test_gsm8k_excerpt():
 
 
 def test_math500_excerpt():
-    check_math_rows(read_jsonl(MATH500_EXCERPT), min_agreement=1.0)
+    rows = read_jsonl(MATH500_EXCERPT)
+    check_math_rows(rows, min_agreement=1.0)
+    # The reward's string shortcut settles most of these; math-verify alone must agree.
+    for row in rows:
+        assert sympy_equivalent(row["answer"], answers.last_boxed(row["solution"])), row["answer"]
 
 
 @needs_gsm8k
@@ -285,7 +296,9 @@ def test_math500_full_test_set():
 
 # ----------------------------------------------------------------------------- hostile input
 
-TIME_LIMIT = 3.0  # s per call; normal rows take ~10-50 ms
+# s per call: normal rows take ~10 ms; below math.SYMPY_TIMEOUT_S (3 s), so the tower, which
+# sympy cannot finish, is stopped by the runner killing its worker, not by math-verify's alarm.
+TIME_LIMIT = 2.0
 TOWER = "so the answer is \\boxed{9^{9^{9^9}}}"
 HOSTILE = {
     "tower": TOWER,
@@ -294,12 +307,12 @@ HOSTILE = {
     "unbalanced": "\\boxed{" + "{" * 10_000,
     "nul": "\\boxed{5}\x00",
     "surrogate": "\\boxed{5}\udcff",
-    "invalid_latex": "\\boxed{\\frac{}{)(^^_}",
+    "invalid_latex": "\\boxed{\\frac{1}{)(^^_}}",
 }
 
 
 def test_hostile_text_is_refused_without_sympy():
-    """Everything but the tower is refused by linear-time string code, before any parser.
+    """All but the tower and the invalid LaTeX are refused by string code, before any parser.
 
     Each reward reads at most ~1 MB a few times over (microseconds per kilobyte), so the
     whole set takes milliseconds; 1 s leaves room for a loaded machine.
@@ -311,7 +324,8 @@ def test_hostile_text_is_refused_without_sympy():
         "boxes": "\\boxed{" * 12_000,
         "a_colon": " A:" * 33_000,
     }
-    texts = [t for name, t in HOSTILE.items() if name != "tower"] + list(worst.values())
+    texts = [t for n, t in HOSTILE.items() if n not in ("tower", "invalid_latex")]
+    texts += list(worst.values())
     start = time.monotonic()
     scores = [
         fn([""] * len(texts), texts, answer=["5"] * len(texts))
@@ -336,6 +350,7 @@ def test_hostile_completion_scores_zero_in_time(runner, name):
     elapsed = time.monotonic() - start
     assert result.total.tolist() == [0.0]
     assert elapsed < TIME_LIMIT + 1.0, f"{name}: {elapsed:.2f} s"
+    assert result.errors == (name == "tower")  # only the tower runs late and is killed
 
 
 def test_hostile_rows_do_not_spoil_a_batch(runner):

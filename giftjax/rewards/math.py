@@ -83,6 +83,16 @@ def latex_equivalent(gold: str, pred: str) -> bool:
     """
     if answers.normalize_latex(gold) == answers.normalize_latex(pred):
         return True
+    return sympy_equivalent(gold, pred)
+
+
+def sympy_equivalent(gold: str, pred: str) -> bool:
+    """math-verify's verdict alone (no string shortcut): both parsed, then ``verify``.
+
+    Each of the three steps runs under :data:`SYMPY_TIMEOUT_S` in a main thread; an answer that
+    does not parse (or a step that times out) is not equal. Arguments as
+    :func:`latex_equivalent`.
+    """
     gold_parsed = _parse_latex(gold)
     pred_parsed = _parse_latex(pred) if gold_parsed else []
     if not pred_parsed:
@@ -121,7 +131,10 @@ def reference_number(reference: Any) -> Fraction:
     text = str(reference)
     value = answers.final_number(text) if answers.screen(text) is not None else None
     if value is None:
-        raise ValueError(f"gsm8k: answer {text[:200]!r} holds no readable number")
+        raise ValueError(
+            f"gsm8k: answer {text[:200]!r} holds no readable number: need a bare number "
+            "('1,600', '-3', '2.5') or a solution ending in '#### N'"
+        )
     return value
 
 
