@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm>=4.60",
     "matplotlib>=3.7",
+    "math-verify==0.9.0",  # giftjax.rewards.math: LaTeX answer equivalence (sympy) for MATH
 ]
 
 EXTRAS = {

@@ -24,11 +24,13 @@ Import that module before building the runner; the config then names it with a w
 raises, hangs, or returns NaN or the wrong number of values scores 0, is counted and logged,
 and never stops the run.
 
-Built-in rewards: ``exact_match`` and ``length`` (see :mod:`giftjax.rewards.builtin`), and
-``synthetic``, the synthetic task's partial-credit score (:mod:`giftjax.rewards.synthetic`).
+Built-in rewards: ``exact_match`` and ``length`` (see :mod:`giftjax.rewards.builtin`);
+``synthetic``, the synthetic task's partial-credit score (:mod:`giftjax.rewards.synthetic`);
+verified math rewards ``gsm8k``, ``math`` and ``format`` (see :mod:`giftjax.rewards.math`; run
+``math`` with ``executor="process"``, whose workers are killed when late).
 """
 
-from giftjax.rewards import builtin, synthetic  # noqa: F401  (register the built-in rewards)
+from giftjax.rewards import builtin, math, synthetic  # noqa: F401  (register the rewards)
 from giftjax.rewards.registry import get, names, register
 from giftjax.rewards.runner import RewardResult, RewardRunner
 
