@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from hf_models import make_hf_model, padded_batch
+from hf_models import hf_logits, make_hf_model, padded_batch
+from precision import logits_atol
 
 from giftjax import sampling
 from giftjax.models import Decoder, ModelConfig, load_hf
@@ -92,22 +93,39 @@ def test_greedy_matches_transformers_with_eos(case):
         model, ids, mask, max_new_tokens=N_NEW, key=jax.random.key(0), temperature=0.0,
         eos_id=eos, pad_id=PAD,
     )  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(out.tokens), expected)
+    # giftjax and PyTorch logits differ by float32 reordering (precision.py): an argmax whose
+    # top-2 gap is within twice that may flip, after which a row legitimately parts. Compare
+    # each row up to its first such near-tie (in practice there is none: the whole row).
+    logits = hf_logits(
+        hf, np.concatenate([ids, free], 1), np.concatenate([mask, np.ones_like(free)], 1)
+    )[:, ids.shape[1] - 1 : -1]  # [B, N, V]: column n predicts response token n
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    tie = top2[..., 1] - top2[..., 0] <= 2 * logits_atol(model.config, logits, ids.shape[1] + N_NEW)
+    n_ok = np.where(tie.any(1), tie.argmax(1), N_NEW)
+    tokens = np.asarray(out.tokens)
+    for row, n in enumerate(n_ok):
+        np.testing.assert_array_equal(tokens[row, :n], expected[row, :n], err_msg=f"row {row}")
+    assert (n_ok == N_NEW).sum() >= len(n_ok) // 2, f"near-ties in most rows: {n_ok}"
     # The response mask covers the tokens up to and including the first EOS.
     lengths = np.asarray(out.mask).sum(1)
     assert lengths.min() < N_NEW and lengths.max() == N_NEW, lengths  # some rows stopped early
-    for row, n in zip(expected, lengths, strict=True):
+    for row, n in zip(expected[n_ok == N_NEW], lengths[n_ok == N_NEW], strict=True):
         stop = np.nonzero(row == eos)[0]
         assert n == (stop[0] + 1 if stop.size else N_NEW)
 
 
-def full_forward_logps(model, ids, mask, out, temperature):
-    """log_softmax(logits / T) of each response token from one forward over prompt + response."""
+def expected_logits(model, ids, mask, out):
+    """[B, N, V] logits of one full forward over prompt + response; column n predicts
+    response token n."""
     tokens = np.concatenate([np.asarray(ids), np.asarray(out.tokens)], axis=1)
     full_mask = np.concatenate([np.asarray(mask), np.asarray(out.mask)], axis=1)
-    logits = np.asarray(model(jnp.asarray(tokens), jnp.asarray(full_mask)), np.float64)
-    t = ids.shape[1]
-    z = logits[:, t - 1 : -1] / temperature  # position t-1+n predicts response token n
+    logits = np.asarray(model(jnp.asarray(tokens), jnp.asarray(full_mask)))
+    return logits[:, ids.shape[1] - 1 : -1]  # position t-1+n predicts response token n
+
+
+def full_forward_logps(model, ids, mask, out, temperature):
+    """log_softmax(logits / T) of each response token from one forward over prompt + response."""
+    z = expected_logits(model, ids, mask, out).astype(np.float64) / temperature
     z = z - z.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     return np.take_along_axis(logp, np.asarray(out.tokens)[..., None], -1)[..., 0]
@@ -132,7 +150,14 @@ def test_logps_match_full_forward(model, temperature, top_k, top_p):
     ids, mask = np.repeat(ids, 2, 0), np.repeat(mask, 2, 0)  # the rows generate sampled
     expected = full_forward_logps(model, ids, mask, out, temperature or 1.0)
     m = np.asarray(out.mask).astype(bool)
-    np.testing.assert_allclose(np.asarray(out.logps)[m], expected[m], atol=1e-4)
+    # Cached generation vs one full forward: two programs whose logits differ by at most the
+    # reordering bound (precision.py); log p = z - logsumexp(z) takes two such errors / T.
+    atol = 2 * logits_atol(
+        model.config, expected_logits(model, ids, mask, out), ids.shape[1] + N_NEW
+    )
+    np.testing.assert_allclose(
+        np.asarray(out.logps)[m], expected[m], atol=atol / (temperature or 1.0)
+    )
     assert np.all(np.asarray(out.logps)[~m] == 0)
     assert out.tokens.dtype == jnp.int32 and out.logps.dtype == jnp.float32
     assert out.tokens.shape == out.mask.shape == out.logps.shape == (16, N_NEW)
