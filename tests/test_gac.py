@@ -381,11 +381,19 @@ def test_chord_prior_matches_published_schedule(kwargs):
 
 
 def test_constant_prior_and_bf16_leaves():
-    tx = optim.gac(estimator="proxy", prior=0.5, blend=0.0)
+    """A constant prior away from init: with blend 0 the candidate is the prior itself, so mu
+    moves from init 0.5 to 0.3 in one step (max_step 1), and by 0.01 with the default step."""
     g = {"sft": {"w": jnp.ones(4, jnp.bfloat16)}, "rl": {"w": jnp.zeros(4, jnp.bfloat16)}}
+    tx = optim.gac(estimator="proxy", prior=0.3, blend=0.0, max_step=1.0)
     upd, state = tx.update(g, tx.init(PARAMS), PARAMS)
     assert upd["w"].dtype == jnp.bfloat16
-    assert float(state.mu) == 0.5 and float(state.prior) == 0.5
+    np.testing.assert_allclose(float(state.prior), 0.3, rtol=1e-7)  # float32 of 0.3
+    np.testing.assert_allclose(float(state.mu), 0.3, rtol=1e-7)
+    # (1 - mu) * 0 + mu * 1 = 0.3, rounded to bf16 (8 significant bits: within 2^-8 relative).
+    np.testing.assert_allclose(np.asarray(upd["w"], np.float32), 0.3, rtol=2.0**-8)
+    tx = optim.gac(estimator="proxy", prior=0.3, blend=0.0)  # default max_step 0.01
+    _, state = tx.update(g, tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(float(state.mu), 0.5 - 0.01, rtol=1e-6)
 
 
 def test_chain_with_adamw_and_metrics():
