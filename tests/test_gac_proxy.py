@@ -83,6 +83,7 @@ def test_trimming_removes_outliers():
     np.testing.assert_allclose(got, np.var(np.linspace(1.0, 2.0, 18)[1:-1], ddof=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_proxy_stats_feed_gac_and_carry_no_gradient():
     logps, mask, adv, is_demo = make_batch(0)
     f = lambda lp: optim.gac_proxy_stats(lp, jnp.asarray(mask), jnp.asarray(adv), is_demo)

@@ -66,6 +66,7 @@ def run_steps(params, batches, shardings=None):
     return params, opt_state
 
 
+@pytest.mark.slow
 def test_chain_under_jit_with_params_sharded_over_8_devices():
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("fsdp",))

@@ -250,6 +250,7 @@ def gift_batches(draw):
 
 
 @given(gift_batches(), st.sampled_from([None, "author"]), st.booleans())
+@pytest.mark.slow
 def test_finite_loss_and_gradient(batch, preset, stop_grad_stats):
     logps, ref, mask, rewards, G = batch
     kw = {"group_size": G, "preset": preset}

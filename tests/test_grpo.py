@@ -481,6 +481,7 @@ def grpo_inputs(draw):
 
 @settings(max_examples=25)
 @given(grpo_inputs())
+@pytest.mark.slow
 def test_property_finite_loss_and_gradients(inputs):
     lp, old, ref, mask, adv, kw = inputs
 

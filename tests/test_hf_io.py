@@ -36,6 +36,7 @@ def _logits(model, tokens, mask):
 
 
 @pytest.mark.parametrize("case", ["llama_gqa4_llama3rope_untied", "qwen2_gqa4_tied"])
+@pytest.mark.slow
 def test_sharded_checkpoint_and_exact_round_trip(case, tmp_path):
     hf = make_hf_model(case)
     hf.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
@@ -80,7 +81,7 @@ def _to_hub_layout(folder, type_key: str) -> None:
     [
         ("llama_gqa4_llama3rope_untied", "rope_type"),
         ("llama_gqa4_llama3rope_untied", "type"),
-        ("qwen3_gqa2_untied", "rope_type"),
+        pytest.param("qwen3_gqa2_untied", "rope_type", marks=pytest.mark.slow),
     ],
 )
 def test_hub_config_layout(case, type_key, tmp_path):

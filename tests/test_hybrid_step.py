@@ -75,8 +75,15 @@ def merged(mbs):
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), mbs)
 
 
-@pytest.mark.parametrize("loss_fn", [sft_loss, rl_loss], ids=["sft", "rl"])
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize(
+    ("k", "loss_fn"),
+    [
+        pytest.param(1, sft_loss, id="1-sft", marks=pytest.mark.slow),
+        pytest.param(1, rl_loss, id="1-rl"),
+        pytest.param(3, sft_loss, id="3-sft"),
+        pytest.param(3, rl_loss, id="3-rl"),
+    ],
+)
 def test_accumulation_is_exact_and_statistics_are_per_microbatch(loss_fn, k):
     params, mbs = init_params(), microbatches(k, k)
     out = jax.jit(lambda p, m: accumulate_grads(loss_fn, p, m))(params, mbs)
@@ -97,6 +104,7 @@ def test_accumulation_is_exact_and_statistics_are_per_microbatch(loss_fn, k):
     assert out.num_microbatches == k
 
 
+@pytest.mark.slow
 def test_step_equals_manual_gac_update():
     params = init_params()
     sft_mbs, rl_mbs = microbatches(1, 4), microbatches(2, 3)
@@ -138,6 +146,7 @@ def test_step_equals_manual_gac_update():
     )
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_unsharded():
     """Parameters sharded over 8 fake devices (vocab axis), micro-batch rows over the same 8."""
     from jax.sharding import Mesh, NamedSharding
@@ -178,6 +187,7 @@ class Bigram(nnx.Module):
         return jax.nn.log_softmax(self.out(jnp.tanh(self.emb(tokens))), axis=-1)
 
 
+@pytest.mark.slow
 def test_nnx_model_state_trains_under_jit():
     graphdef, params = nnx.split(Bigram(rngs=nnx.Rngs(0)), nnx.Param)
 
@@ -207,6 +217,7 @@ def test_nnx_model_state_trains_under_jit():
     assert int(optim.find_gac_state(opt_state).num_refreshes) == 30
 
 
+@pytest.mark.slow
 def test_one_microbatch_falls_back_and_given_stats_pass_through():
     params = init_params()
     tx = optax.chain(optim.gac(), optax.sgd(0.1))
@@ -220,6 +231,7 @@ def test_one_microbatch_falls_back_and_given_stats_pass_through():
     assert float(metrics["gac/mu_raw"]) == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_list_of_microbatches_is_stacked():
     params, mbs = init_params(), microbatches(7, 3)
     as_list = [jax.tree.map(lambda x, i=i: x[i], mbs) for i in range(3)]

@@ -30,6 +30,12 @@ RTOL = ATOL = F32_EPS * (B * T + 16)  # ~1.9e-5
 GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-9
 
 
+def slow_cases(names, slow):
+    """`names` for parametrize, those in `slow` (over ~5 s each on a 2-core CPU) marked slow."""
+    assert set(slow) <= set(names), set(slow) - set(names)
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
 def make_data(seed, batch=B):
     """Every array any case needs, each with the batch on axis 0 (float32, bool mask)."""
     rng = np.random.default_rng(seed)
@@ -118,7 +124,7 @@ def _loss_and_grad(fn, keys, data, *, output="loss"):
     return value, aux, grads
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", slow_cases(sorted(CASES), {"dr_grpo-max_len"}))
 def test_microbatches_give_the_whole_batch_loss_and_gradient(name):
     fn, keys = CASES[name]
     data = make_data(0)
@@ -187,7 +193,15 @@ VMAP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", VMAP_CASES)
+SLOW_VMAP_CASES = {
+    "grpo-token-token-mean",
+    "grpo-sequence-seq-mean-token-sum-norm",
+    "grpo-kl-k3-dual-clip",
+    "dpo-sigmoid",
+}
+
+
+@pytest.mark.parametrize("name", slow_cases(VMAP_CASES, SLOW_VMAP_CASES))
 def test_vmap_over_a_leading_axis(name):
     fn, keys = CASES[name]
     batches = [make_data(seed, batch=8) for seed in (2, 3, 4)]

@@ -63,7 +63,7 @@ def test_every_parameter_has_logical_names():
 _forward = nnx.jit(lambda m, tokens, hidden: m(tokens, return_hidden=hidden), static_argnums=2)
 
 
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("tied", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_return_hidden_times_lm_head_gives_logits(tied):
     cfg = get_preset("tiny", dtype="float32", tie_word_embeddings=tied)
     model = Decoder(cfg, rngs=nnx.Rngs(1))
@@ -80,6 +80,7 @@ def test_return_hidden_times_lm_head_gives_logits(tied):
     np.testing.assert_allclose(hidden @ w, logits, atol=atol)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_float32_params():
     cfg = get_preset("tiny")  # default dtype bfloat16, param_dtype float32
     model = Decoder(cfg, rngs=nnx.Rngs(0))
@@ -93,6 +94,7 @@ def test_bfloat16_compute_float32_params():
     np.testing.assert_allclose(logits, ref, atol=2e-2 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_remat_policies_give_the_same_gradients():
     """Rematerialisation changes what is saved for the backward pass, never the gradient."""
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 6)), jnp.int32)

@@ -4,12 +4,14 @@ figure (README), not a test assertion: CI machines differ."""
 
 import jax
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from giftjax.models import Decoder
 from giftjax.models.presets import get_preset
 
 
+@pytest.mark.slow
 def test_qwen25_7b_train_step_compiles_on_cpu():
     """Forward + backward of the 7B preset lowers and compiles from abstract inputs, with the
     argument sizes of float32 parameters."""

@@ -39,6 +39,7 @@ _cached = nnx.jit(lambda m, tokens, mask, cache: m(tokens, mask, cache=cache))
 
 @pytest.mark.parametrize("qkv_bias,qk_norm", [(False, True), (True, False)])
 @pytest.mark.parametrize("chunks", [(1,) * 5, (2, 3)])
+@pytest.mark.slow
 def test_prefill_then_decode_equals_full_forward(qkv_bias, qk_norm, chunks):
     model = _model(qkv_bias=qkv_bias, qk_norm=qk_norm)
     rng = np.random.default_rng(0)
@@ -75,6 +76,7 @@ def test_prefill_then_decode_equals_full_forward(qkv_bias, qk_norm, chunks):
     assert not np.asarray(cache.mask)[:, t_prompt + n_new :].any()
 
 
+@pytest.mark.slow
 def test_left_padding_does_not_shift_positions():
     """A row's logits do not depend on how much left padding precedes it."""
     model = _model()
@@ -100,6 +102,7 @@ def test_cache_shapes_and_errors():
         model(jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 3)))
 
 
+@pytest.mark.slow
 def test_greedy_decode_loop_under_jit_matches_full_forward():
     """The sampler's pattern: split the model, jit prefill + a fori_loop of decode steps."""
     model = _model()

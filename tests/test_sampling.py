@@ -81,6 +81,7 @@ def test_frequencies_match_softmax(temperature):
     np.testing.assert_allclose(logps, expected, atol=LOGP_ATOL)
 
 
+@pytest.mark.slow
 def test_frequencies_large_vocab_blocked_cumsum():
     """V = 1000 > the cumsum block (128) and not a multiple of it: the two-level cumsum."""
     rng = np.random.default_rng(0)
@@ -112,6 +113,7 @@ def test_top_k_top_p_support_and_frequencies(top_k, top_p, temperature):
     np.testing.assert_allclose(logps, expected, atol=LOGP_ATOL)
 
 
+@pytest.mark.slow
 def test_nucleus_is_the_smallest_prefix():
     """Hand-written nuclei of probs 0.4, 0.3, 0.15, 0.1, 0.04, 0.01 (ids 3, 1, 5, 4, 0, 2)."""
     logits = np.log([0.04, 0.3, 0.01, 0.4, 0.1, 0.15]).astype(np.float32)
@@ -120,6 +122,7 @@ def test_nucleus_is_the_smallest_prefix():
         assert set(np.unique(tokens).tolist()) == nucleus, (top_p, np.unique(tokens))
 
 
+@pytest.mark.slow
 def test_top_k_1_and_temperature_0_are_greedy():
     rng = np.random.default_rng(4)
     logits = jnp.asarray(rng.normal(size=(64, 300)) * 3, jnp.float32)
@@ -146,7 +149,10 @@ def test_deterministic_and_rows_independent():
     assert len(np.unique(np.asarray(a))) > 40  # identical rows still draw different tokens
 
 
-@pytest.mark.parametrize("v,top_p", [(6, 0.5), (129, 0.9), (1000, 0.3), (4096, 0.95)])
+@pytest.mark.parametrize(
+    "v,top_p",
+    [pytest.param(6, 0.5, marks=pytest.mark.slow), (129, 0.9), (1000, 0.3), (4096, 0.95)],
+)
 def test_nucleus_threshold_is_the_smallest_kept_weight(v, top_p):
     rng = np.random.default_rng(v)
     w = np.exp(2 * rng.normal(size=(4, v))).astype(np.float32)

@@ -80,6 +80,7 @@ def pick_eos(tokens: np.ndarray) -> int:
 @pytest.mark.parametrize(
     "case", ["llama_gqa4_llama3rope_untied", "qwen2_gqa4_tied", "qwen3_gqa2_untied"]
 )
+@pytest.mark.slow
 def test_greedy_matches_transformers_with_eos(case):
     hf = make_hf_model(case)
     with tempfile.TemporaryDirectory() as d:
@@ -136,10 +137,11 @@ def full_forward_logps(model, ids, mask, out, temperature):
     [
         (1.0, 0, 1.0),
         (0.7, 0, 1.0),
-        pytest.param(0.7, 5, 0.9, marks=pytest.mark.slow),
-        pytest.param(0.0, 0, 1.0, marks=pytest.mark.slow),
+        (0.7, 5, 0.9),
+        (0.0, 0, 1.0),
     ],
 )
+@pytest.mark.slow
 def test_logps_match_full_forward(model, temperature, top_k, top_p):
     ids, mask = prompts()
     ids, mask = np.repeat(ids, 2, 0), np.repeat(mask, 2, 0)
@@ -163,6 +165,7 @@ def test_logps_match_full_forward(model, temperature, top_k, top_p):
     assert out.tokens.shape == out.mask.shape == out.logps.shape == (16, N_NEW)
 
 
+@pytest.mark.slow
 def test_eos_masking_and_padding(model):
     ids, mask = prompts()
     free = sampling.generate(
@@ -199,6 +202,7 @@ def test_all_rows_stop_early(model):
     assert np.all(np.asarray(out.tokens)[:, 1:] == PAD)
 
 
+@pytest.mark.slow
 def test_top_k_1_is_greedy_and_group_layout(model):
     ids, mask = prompts()
     kw = dict(max_new_tokens=N_NEW, num_samples=3)

@@ -19,9 +19,10 @@ from giftjax.models.kv_cache import CACHE_AXES
     [
         ({"data": 8}, 0.0),
         ({"data": 8}, 1.0),
-        pytest.param({"data": 2, "fsdp": 4}, 1.0, marks=pytest.mark.slow),
+        ({"data": 2, "fsdp": 4}, 1.0),
     ],
 )
+@pytest.mark.slow
 def test_sharded_rows_same_tokens(mesh_shape, temperature):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     ids, mask = prompts(lengths=(6, 3, 1, 5, 2, 6, 4, 1), total=6, seed=4)  # P = 8

@@ -127,6 +127,7 @@ def test_errors(args, kw, exc, pattern):
     weighting=st.sampled_from(["none", "chord"]),
     agg=st.sampled_from(AGG_MODES),
 )
+@pytest.mark.slow
 def test_property_finite(shape, data, weighting, agg):
     values = st.one_of(st.sampled_from([-50.0, -1e-6, 0.0]), st.floats(-60, 0, width=32))
     lp = data.draw(hnp.arrays(np.float32, shape, elements=values))

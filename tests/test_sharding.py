@@ -63,6 +63,7 @@ _forward = nnx.jit(lambda m, tokens, mask: m(tokens, mask))
     "mesh_shape,rules",
     [((1, 8, 1), "fsdp"), ((1, 4, 2), "fsdp_tp"), ((2, 2, 2), "fsdp_tp")],
 )
+@pytest.mark.slow
 def test_sharded_logits_equal_unsharded(mesh_shape, rules):
     cfg = get_preset("tiny", dtype="float32", vocab_size=256)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
@@ -97,7 +98,7 @@ def test_sharded_logits_equal_unsharded(mesh_shape, rules):
     np.testing.assert_allclose(np.asarray(logits)[real], expected[real], atol=atol)
 
 
-@pytest.mark.parametrize("rules", ["fsdp", "fsdp_tp"])
+@pytest.mark.parametrize("rules", [pytest.param("fsdp", marks=pytest.mark.slow), "fsdp_tp"])
 def test_load_hf_places_each_tensor_in_its_sharding(rules, tmp_path):
     hf = make_hf_model("qwen3_gqa2_untied")
     hf.save_pretrained(tmp_path / "hf")

@@ -96,7 +96,9 @@ def run(impl, h, w, t, dtype, temperature, with_entropy, **kw):
 CASES = [(1.0, False), (0.7, True)]
 
 
-@pytest.mark.parametrize("impl", ["reference", "xla", "pallas"])
+@pytest.mark.parametrize(
+    "impl", ["reference", "xla", pytest.param("pallas", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize(("temperature", "with_entropy"), CASES)
 def test_values_and_gradients_match_numpy(impl, dtype, temperature, with_entropy):
@@ -116,7 +118,9 @@ def test_values_and_gradients_match_numpy(impl, dtype, temperature, with_entropy
     assert_close(dw, want_dw, tol, f"{impl} d lm_head")
 
 
-@pytest.mark.parametrize("block_v", [7, 100, 256, 999, 1000, 4096])
+@pytest.mark.parametrize(
+    "block_v", [pytest.param(7, marks=pytest.mark.slow), 100, 256, 999, 1000, 4096]
+)
 def test_xla_block_sizes_agree(block_v):
     """One block, many, an uneven tail, and a block wider than V all give the same answer."""
     h, w, t, a, b = make_problem(jnp.float32, n=40, v=1000)
@@ -133,7 +137,14 @@ def test_xla_block_sizes_agree(block_v):
         assert_close(got, want, f32_tol(h, w), f"block_v={block_v} {what}")
 
 
-@pytest.mark.parametrize(("block_n", "block_v"), [(8, 128), (64, 384), (512, 1024)])
+@pytest.mark.parametrize(
+    ("block_n", "block_v"),
+    [
+        pytest.param(8, 128, marks=pytest.mark.slow),
+        pytest.param(64, 384, marks=pytest.mark.slow),
+        (512, 1024),
+    ],
+)
 def test_pallas_block_sizes_agree(block_n, block_v):
     """Token and vocabulary blocks smaller than, uneven against, and larger than N and V."""
     h, w, t, a, b = make_problem(jnp.float32, n=100, v=700)
