@@ -1,6 +1,6 @@
 """GAC controller: closed form, limits, smoothing semantics, estimators, modes and errors.
 
-Every expected value is computed here with NumPy from DESIGN.md section 2.4, independently of
+Every expected value is computed here with NumPy from the README's GAC section, independently of
 giftjax.optim's code.
 """
 
@@ -43,7 +43,7 @@ def np_gac(
     eps=1e-8,
     prior=np_chord,
 ):
-    """DESIGN 2.4's update, step by step, in float64.
+    """The README's GAC update, step by step, in float64.
 
     measurements: [T, 3] rows (s_sft^2, s_rl^2, D^2), or None rows for "no statistics".
     Refresh at the first step with statistics, then every `refresh_every` steps; the EMA is
@@ -336,7 +336,7 @@ def test_gradient_estimator_recovers_noise_variance(k_sft, k_rl):
     assert abs(float(state.sft_var) / true_sft - 1) < 0.10, (float(state.sft_var), true_sft)
     assert abs(float(state.rl_var) / true_rl - 1) < 0.10, (float(state.rl_var), true_rl)
     assert abs(float(state.disagreement) / true_d2 - 1) < 0.10, (state.disagreement, true_d2)
-    # And exactly the formula of DESIGN 2.4 on these numbers.
+    # And exactly the README's formula on these numbers.
     var = lambda g: (np.sum(g**2) - len(g) * np.sum(g.mean(0) ** 2)) / (len(g) * (len(g) - 1))
     d2 = max(np.sum((g_sft_k.mean(0) - g_rl_k.mean(0)) ** 2) - var(g_sft_k) - var(g_rl_k), 0.0)
     np.testing.assert_allclose(float(state.sft_var), var(g_sft_k), rtol=2e-4)

@@ -1,4 +1,4 @@
-"""gac_proxy_stats against a NumPy transcription of DESIGN.md 2.4's proxy estimator."""
+"""gac_proxy_stats against a NumPy transcription of the proxy estimator (README, GAC)."""
 
 import jax
 import jax.numpy as jnp

@@ -44,7 +44,7 @@ def np_gift(
 
 
 def np_author_steps(logps, ref, mask, rewards, G, beta):
-    """The released GIFT code's steps, as DESIGN.md 2.1 describes them (torch semantics:
+    """The released GIFT code's steps, as the README describes them (torch semantics:
     torch.std is unbiased; eps 1e-6 is added to the std; the implicit rewards' mean and
     std are detached, so the gradient flows only through k). Returns loss and d loss/d logps.
     """
