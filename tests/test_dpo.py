@@ -111,7 +111,8 @@ def test_label_smoothing_half_is_symmetric():
     c, r, rc, rr = make_pairs(2)
     a, _ = dpo_loss(c, r, rc, rr, label_smoothing=0.5)
     b, _ = dpo_loss(r, c, rr, rc, label_smoothing=0.5)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # The same formula rounds differently on swapped inputs: twice the golden bound.
+    np.testing.assert_allclose(a, b, rtol=2 * RTOL)
 
 
 @pytest.mark.parametrize(
