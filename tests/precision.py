@@ -99,3 +99,55 @@ def logits_atol(config, reference: np.ndarray, kv_len: int) -> float:
     decoder's chain of reductions (`decoder_depth`). Use it to compare two programs' logits
     (sharded vs unsharded, cached vs full, giftjax vs transformers)."""
     return reorder_atol(float(np.abs(reference).max()), decoder_depth(config, kv_len))
+
+
+def assert_same_generation(model, ids, mask, ref, out, *, key, **sampling_kw) -> int:
+    """Asserts two generations agree row by row up to each row's first unstable draw.
+
+    `ref` and `out` come from two different programs (sharded vs not, other shapes or
+    settings) that draw with the same step keys `fold_in(key, n)`. Their logits differ by at
+    most the reordering bound `logits_atol`, so token n must agree wherever tokens 0..n-1 did
+    and draw n is stable (`stable_draws`); the log-probs of agreeing tokens differ by at most
+    two logit errors (z_token and the logsumexp), divided by the temperature. The reference
+    tokens must also be what `sample_logits` draws from a full forward's logits (the
+    documented step: a wrong key schedule or logits fail here).
+
+    Args:
+      model: the decoder both generations used.
+      ids, mask: [B, T] the left-padded prompt of each ROW (repeat prompts by num_samples).
+      ref, out: (tokens, mask, logps) [B, N] each, `ref` the reference run.
+      key: the PRNG key given to `generate`.
+      **sampling_kw: temperature, top_k, top_p of the reference run.
+
+    Returns:
+      [B] the number of leading response tokens compared in each row: up to the first
+      unstable draw and within the reference's response mask (callers check that this is
+      not vacuous).
+    """
+    ref_tokens, ref_mask, ref_logps = (np.asarray(x) for x in ref)
+    out_tokens, out_logps = np.asarray(out[0]), np.asarray(out[2])
+    b, n_new = ref_tokens.shape
+    t = ids.shape[1]
+    tokens = np.concatenate([np.asarray(ids), ref_tokens], axis=1)
+    full_mask = np.concatenate([np.asarray(mask), ref_mask], axis=1)
+    logits = np.asarray(model(tokens, full_mask))[:, t - 1 : -1]  # [B, N, V]: n predicts n
+    delta = logits_atol(model.config, logits, t + n_new)
+    n_ok = np.full(b, n_new)  # per row: the draws before the first unstable one
+    for n in range(n_new):
+        drawn, stable = stable_draws(logits[:, n], jax.random.fold_in(key, n), delta, **sampling_kw)
+        live = (n < n_ok) & (ref_mask[:, n] == 1)
+        np.testing.assert_array_equal(
+            ref_tokens[live & stable, n], drawn[live & stable], err_msg=f"reference, step {n}"
+        )
+        n_ok = np.where(live & ~stable, n, n_ok)
+    temperature = sampling_kw.get("temperature", 1.0) or 1.0
+    compared = np.minimum(n_ok, ref_mask.sum(axis=1))
+    for row, n in enumerate(compared):
+        np.testing.assert_array_equal(out_tokens[row, :n], ref_tokens[row, :n], f"row {row}")
+        np.testing.assert_allclose(
+            out_logps[row, :n],
+            ref_logps[row, :n],
+            atol=2 * delta / temperature,
+            err_msg=f"row {row}",
+        )
+    return compared

