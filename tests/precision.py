@@ -20,6 +20,8 @@ Bit-identity stays the test for two runs of the SAME program (determinism, resum
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -84,14 +86,19 @@ def stable_draws(logits: np.ndarray, key: jax.Array, delta: float, **sampling_kw
     steps = np.where(np.arange(v)[None, :] <= np.arange(v - 1)[:, None], 1.0, -1.0)  # [V-1, V]
     perturb = np.concatenate([steps, -steps]).astype(np.float32) * np.float32(delta)
     logits = np.asarray(logits, np.float32)
-
-    @jax.jit
-    def draw(x):
-        return sampling.sample_logits(x, key, **sampling_kw)[0]
-
-    tokens = np.asarray(draw(logits))
-    moved = np.asarray(jax.vmap(draw)(logits[None] + perturb[:, None, :]))  # [2(V-1), B]
+    kw = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **sampling_kw}
+    tokens, moved = _draws(logits, perturb, key, **kw)  # [B], [2(V-1), B]
+    tokens, moved = np.asarray(tokens), np.asarray(moved)
     return tokens, np.all(moved == tokens[None], axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
+def _draws(logits, perturb, key, *, temperature, top_k, top_p):
+    """The sampler's tokens for logits [B, V] and for each perturbed copy [P, B, V] (one
+    compile per shape and setting, whatever the key)."""
+    kw = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    draw = lambda x: sampling.sample_logits(x, key, **kw)[0]
+    return draw(logits), jax.vmap(draw)(logits[None] + perturb[:, None, :])
 
 
 def logits_atol(config, reference: np.ndarray, kv_len: int) -> float:
