@@ -6,7 +6,7 @@ The Pallas kernels live in the top-level folder ``kernels/`` and are installed a
 
 from setuptools import find_packages, setup
 
-# Versions seen working together on Python 3.11 (DESIGN.md section 6).
+# Versions seen working together on Python 3.11.
 JAX_VERSION = "0.10.2"
 
 INSTALL_REQUIRES = [

@@ -1,8 +1,8 @@
 """Ahead-of-time TPU compile of one training step (forward + backward) of a model preset.
 
-Compiles on this CPU machine for a TPU topology through libtpu (DESIGN.md section 6), with the
-parameters sharded by the logical rules, and prints the per-device memory the compiler
-reports, to check that a production config fits HBM before launching a pod.
+Compiles on this CPU machine for a TPU topology through libtpu (docs/architecture.md,
+section 5), with the parameters sharded by the logical rules, and prints the per-device memory
+the compiler reports, to check that a production config fits HBM before launching a pod.
 
     python benchmarks/model_tpu_aot.py --preset qwen2.5-7b --topology v5p:2x2x2 \
         --rules fsdp --batch 16 --length 1024

@@ -1,14 +1,12 @@
 """Model size presets as ml_collections configs (one per published checkpoint shape).
 
 `get_config("qwen2.5-7b")` returns the preset's ModelConfig fields under `model`, plus the
-mesh and sharding rules a run places it with. Recipes include it as their model section:
+mesh and sharding rules a run places it with. This file is a model-section provider, not a
+runnable recipe (it has no `mode`, so `giftjax.main` refuses it). Recipes include it as their
+model section:
 
     from configs import models
     config.model = models.get_config("qwen2.5-7b").model
-
-or from the command line (absl config_flags):
-
-    python -m giftjax.main --config=configs/models.py:qwen2.5-7b ...
 
 Presets: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen2.5-32b, llama3.1-8b, qwen3-8b
 (see giftjax/models/presets.py for parameter counts). `giftjax.models.presets.from_config_dict`

@@ -1,4 +1,4 @@
-"""Jitted on-policy generation with a KV cache: G samples per prompt (DESIGN.md sections 3-5).
+"""Jitted on-policy generation with a KV cache: G samples per prompt (docs/architecture.md 2, 4).
 
 `generate` takes left-padded prompts [P, T], repeats each prompt `num_samples` (= G) times so
 that the samples of prompt g are the contiguous rows `g*G .. g*G+G-1` (the losses' layout),

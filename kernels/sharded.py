@@ -1,7 +1,7 @@
 """``token_logprobs`` on a device mesh: tokens over the data axes, vocabulary over ``tensor``.
 
 A Pallas TPU kernel cannot be partitioned by XLA, so the fused log-probs run inside
-``jax.shard_map`` (DESIGN section 5). Shard ``k`` holds the columns
+``jax.shard_map`` (docs/architecture.md, section 4). Shard ``k`` holds the columns
 ``[k V_k, (k + 1) V_k)`` of ``W`` and computes, for its tokens, its own logsumexp
 ``lse_k``, target logit ``z_t^(k)`` (0 when the target is in another shard) and mean
 logit ``E_k[z]``. They combine exactly over the vocabulary axis::
@@ -72,7 +72,7 @@ def _sharded_fwd(cfg, mesh, token_axes, vocab_axis, h, w, t):
         mesh=mesh,
         in_specs=(P(token_axes or None, None), P(None, vocab_axis), tok),
         out_specs=(tok,) * (3 if with_entropy else 2),
-        check_vma=False,  # pallas_call outputs carry no varying-axes type (DESIGN 6)
+        check_vma=False,  # pallas_call outputs carry no varying-axes type
     )
     lse, tgt, *rest = stats(h, w, t)
     mean_z = rest[0] if with_entropy else None

@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from configs import demo as demo_config
 from giftjax import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_demo_computes_every_loss(tmp_path):
     config = demo_config.get_config()
     config.batch.prompts, config.batch.tokens = 2, 8
@@ -39,6 +42,7 @@ def run_demo(*args):
     )
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     out = run_demo(
         "--config=configs/demo.py",

@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
+from precision import F32_EPS
 
 from giftjax.losses import dpo_loss
 
-RTOL = 1e-6
-ATOL = 1e-6
+# Float32 against float64: a mean over B = 12 pairs of ~10 elementwise operations each is
+# within u (B + 16) of its scale (u = eps / 2), about 1.7e-6; gradients are elementwise.
+RTOL = ATOL = F32_EPS / 2 * (12 + 16)
 GRAD_RTOL = 1e-5
 GRAD_ATOL = 1e-8
 
@@ -111,7 +113,8 @@ def test_label_smoothing_half_is_symmetric():
     c, r, rc, rr = make_pairs(2)
     a, _ = dpo_loss(c, r, rc, rr, label_smoothing=0.5)
     b, _ = dpo_loss(r, c, rr, rc, label_smoothing=0.5)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # The same formula rounds differently on swapped inputs: twice the golden bound.
+    np.testing.assert_allclose(a, b, rtol=2 * RTOL)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from precision import F32_EPS
 
 from giftjax import optim
 
@@ -38,6 +39,23 @@ def microbatch_stats(seed, mean_tree, k, sigma):
     return mean, np.float32(sq)
 
 
+def _cancellation(batches, k=4) -> float:
+    """The largest (sum of magnitudes) / (result) of the statistics GAC forms from batches."""
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)]).astype(float)
+    worst = 1.0
+    for g_sft, g_rl, sq_sft, sq_rl in batches:
+        var = {}
+        for name, g, sq in (("sft", flat(g_sft), sq_sft), ("rl", flat(g_rl), sq_rl)):
+            s1, s2 = float(sq), float(np.sum(g**2))
+            var[name] = (s1 - k * s2) / (k * (k - 1))
+            worst = max(worst, (s1 + k * s2) / (s1 - k * s2))
+        diff2 = float(np.sum((flat(g_sft) - flat(g_rl)) ** 2))
+        d2 = diff2 - var["sft"] - var["rl"]
+        if d2 > 0:
+            worst = max(worst, (diff2 + var["sft"] + var["rl"]) / d2)
+    return worst
+
+
 def tx():
     return optax.chain(optim.gac(), optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
 
@@ -66,6 +84,7 @@ def run_steps(params, batches, shardings=None):
     return params, opt_state
 
 
+@pytest.mark.slow
 def test_chain_under_jit_with_params_sharded_over_8_devices():
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("fsdp",))
@@ -87,19 +106,30 @@ def test_chain_under_jit_with_params_sharded_over_8_devices():
 
     assert out_params["embed"].sharding.spec == P("fsdp", None)
     assert out_params["mlp"]["w"].sharding.spec == P(None, "fsdp")
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
-        out_params,
-        ref_params,
-    )
+    # Sharded vs unsharded: the global norms sum the n = 1552 entries in another order (eps n
+    # of their scale, precision.py), and the statistics are differences of such sums
+    # (s^2 = (S1 - K S2) / (K (K - 1)), D^2 = |g_sft - g_rl|^2 - s_sft^2 - s_rl^2), which
+    # cancel by kappa = (sum of the magnitudes) / (result), computed here from the batches.
+    stat_rtol = F32_EPS * (1552 + 16) * _cancellation(batches)
     got, want = optim.find_gac_state(out_state), optim.find_gac_state(ref_state)
     for name in optim.GacState._fields:
+        # mu-like fields lie in [0, 1] and move less than the statistics' relative error.
         np.testing.assert_allclose(
             np.asarray(getattr(got, name)),
             np.asarray(getattr(want, name)),
-            rtol=1e-5,
+            rtol=stat_rtol,
+            atol=stat_rtol,
             err_msg=name,
         )
+    # The combined gradient inherits that relative error (through mu and the clip's norm:
+    # twice), and Adam's normalised update (m / sqrt(v), at most lr = 1e-2 per entry and step)
+    # turns a relative error r of the gradient into about lr r per step: 12 steps here.
+    atol = 12 * 1e-2 * 2 * stat_rtol
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol),
+        out_params,
+        ref_params,
+    )
     # The statistics were measured (two refreshes: t = 0 and t = 10) and steer mu_raw.
     assert int(got.num_refreshes) == 2 and int(got.last_refresh) == 10
     assert float(got.rl_var) > float(got.sft_var) > 0.0

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import decoder_depth, reorder_atol
 
 from giftjax.models import Decoder, ModelConfig
 from giftjax.models.presets import PRESETS, get_preset
@@ -62,7 +63,7 @@ def test_every_parameter_has_logical_names():
 _forward = nnx.jit(lambda m, tokens, hidden: m(tokens, return_hidden=hidden), static_argnums=2)
 
 
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("tied", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_return_hidden_times_lm_head_gives_logits(tied):
     cfg = get_preset("tiny", dtype="float32", tie_word_embeddings=tied)
     model = Decoder(cfg, rngs=nnx.Rngs(1))
@@ -74,9 +75,12 @@ def test_return_hidden_times_lm_head_gives_logits(tied):
     assert w.shape == (64, 512)
     if tied:
         np.testing.assert_array_equal(w, model.embed[...].T)
-    np.testing.assert_allclose(hidden @ w, logits, atol=1e-5)
+    # One matmul over D = 64 in two programs: eps * D * sum_d |h_d w_dv| (precision.py).
+    atol = reorder_atol(float((jnp.abs(hidden) @ jnp.abs(w)).max()), 64)
+    np.testing.assert_allclose(hidden @ w, logits, atol=atol)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_float32_params():
     cfg = get_preset("tiny")  # default dtype bfloat16, param_dtype float32
     model = Decoder(cfg, rngs=nnx.Rngs(0))
@@ -90,6 +94,7 @@ def test_bfloat16_compute_float32_params():
     np.testing.assert_allclose(logits, ref, atol=2e-2 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_remat_policies_give_the_same_gradients():
     """Rematerialisation changes what is saved for the backward pass, never the gradient."""
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 6)), jnp.int32)
@@ -103,9 +108,15 @@ def test_remat_policies_give_the_same_gradients():
             return jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, state)(tokens))[..., 3])
 
         grads[remat] = jax.jit(jax.grad(loss))(state)
+    # Remat changes the compiled program (recomputation, other fusions), so the sums may run
+    # in another order: the reordering bound over the backward chain (about twice the forward
+    # reductions plus the B*T = 12 positions summed into each weight gradient).
+    cfg = get_preset("tiny", dtype="float32")
+    depth = 2 * decoder_depth(cfg, kv_len=6) + 12
     for remat in ("full", "dots_no_batch", "save_qkv_proj"):
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat]), strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-6)
+            atol = reorder_atol(max(float(np.abs(a).max()), np.finfo(np.float32).tiny), depth)
+            np.testing.assert_allclose(a, b, atol=atol)
 
 
 def test_config_errors_name_the_value():

@@ -1,19 +1,20 @@
 """The Qwen2.5-7B preset: one training step's forward and backward lowers and compiles on the
-CPU from abstract inputs (no weights are materialised), in seconds thanks to the layer scan."""
-
-import time
+CPU from abstract inputs (no weights are materialised). How long it takes is a benchmark
+figure (README), not a test assertion: CI machines differ."""
 
 import jax
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from giftjax.models import Decoder
 from giftjax.models.presets import get_preset
 
 
+@pytest.mark.slow
 def test_qwen25_7b_train_step_compiles_on_cpu():
-    """Forward + backward of the 7B preset lowers and compiles from abstract inputs; the layer
-    scan keeps this independent of depth (about 15 s here)."""
+    """Forward + backward of the 7B preset lowers and compiles from abstract inputs, with the
+    argument sizes of float32 parameters."""
     abstract = nnx.eval_shape(
         lambda: Decoder(get_preset("qwen2.5-7b", remat="full"), rngs=nnx.Rngs(0))
     )
@@ -26,10 +27,7 @@ def test_qwen25_7b_train_step_compiles_on_cpu():
         return -jnp.sum(tgt * mask[:, 1:]) / jnp.sum(mask[:, 1:])
 
     tokens = jax.ShapeDtypeStruct((2, 256), jnp.int32)
-    start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(loss)).lower(state, tokens, tokens).compile()
-    seconds = time.perf_counter() - start
-    assert seconds < 120, f"lower+compile took {seconds:.0f} s"
     mem = compiled.memory_analysis()
     # Arguments: float32 parameters (4 bytes each) plus the two token arrays.
     assert mem.argument_size_in_bytes == 4 * 7_615_616_512 + 2 * 4 * 2 * 256

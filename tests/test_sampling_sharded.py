@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
+from precision import assert_same_generation
 from test_sampling_generate import N_NEW, PAD, prompts, tiny_model
 
 from giftjax import sampling
@@ -18,9 +19,10 @@ from giftjax.models.kv_cache import CACHE_AXES
     [
         ({"data": 8}, 0.0),
         ({"data": 8}, 1.0),
-        pytest.param({"data": 2, "fsdp": 4}, 1.0, marks=pytest.mark.slow),
+        ({"data": 2, "fsdp": 4}, 1.0),
     ],
 )
+@pytest.mark.slow
 def test_sharded_rows_same_tokens(mesh_shape, temperature):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     ids, mask = prompts(lengths=(6, 3, 1, 5, 2, 6, 4, 1), total=6, seed=4)  # P = 8
@@ -35,9 +37,18 @@ def test_sharded_rows_same_tokens(mesh_shape, temperature):
     s_ids, s_mask = sharding_lib.shard_batch((ids, mask), mesh, "fsdp")
     out = sampling.generate(model, s_ids, s_mask, mesh=mesh, rules="fsdp", **kw)
 
-    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
-    np.testing.assert_array_equal(np.asarray(out.mask), np.asarray(ref.mask))
-    np.testing.assert_allclose(np.asarray(out.logps), np.asarray(ref.logps), atol=1e-5)
+    # Sharded and unsharded generation are different programs (parameters over fsdp split the
+    # contractions): their logits differ by float32 reordering, at most `delta` (precision.py).
+    # A row's tokens must agree up to its first draw that lies within delta of a CDF boundary
+    # (or an argmax tie); after that the rows may legitimately part.
+    g = kw["num_samples"]
+    compared = assert_same_generation(
+        tiny_model(), np.repeat(ids, g, 0), np.repeat(mask, g, 0), ref, out,
+        key=kw["key"], temperature=temperature,
+    )  # fmt: skip
+    assert compared.sum() >= np.asarray(ref.mask).sum() // 2, "too few tokens were comparable"
+    rows_ok = np.all(np.asarray(out.tokens) == np.asarray(ref.tokens), axis=1)
+    np.testing.assert_array_equal(np.asarray(out.mask)[rows_ok], np.asarray(ref.mask)[rows_ok])
     rows = sharding_lib.named_sharding(("batch", "length"), out.tokens.shape, mesh, "fsdp")
     for x in out:
         assert x.sharding.is_equivalent_to(rows, 2), x.sharding

@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
+from precision import F32_EPS
 
 from giftjax.losses import AGG_MODES, sft_loss
 
-RTOL = 1e-6
-ATOL = 1e-6
+# Float32 against float64: a mean over B T = 8 x 9 tokens of a few elementwise operations,
+# within u (B T + 16) of the scale (u = eps / 2); gradients are elementwise (u x 16 ~ 1e-6).
+RTOL = ATOL = F32_EPS / 2 * (8 * 9 + 16)
 GRAD_RTOL = 1e-5
 GRAD_ATOL = 1e-8
 
@@ -125,6 +127,7 @@ def test_errors(args, kw, exc, pattern):
     weighting=st.sampled_from(["none", "chord"]),
     agg=st.sampled_from(AGG_MODES),
 )
+@pytest.mark.slow
 def test_property_finite(shape, data, weighting, agg):
     values = st.one_of(st.sampled_from([-50.0, -1e-6, 0.0]), st.floats(-60, 0, width=32))
     lp = data.draw(hnp.arrays(np.float32, shape, elements=values))

@@ -18,7 +18,7 @@ Array = jax.Array
 
 ZERO_VAR_MODES = ("keep", "drop")
 
-# The released GIFT code (DESIGN.md 2.1): sample std, eps 1e-6 added to the std,
+# The released GIFT code (README, "GIFT's safe default"): sample std, eps 1e-6 added to the std,
 # stop-gradient on the implicit rewards' mean and std, zero-variance reward groups kept
 # (target 0), and no floor on the std.
 _PRESETS = {

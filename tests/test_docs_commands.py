@@ -1,0 +1,200 @@
+"""Every command the documentation shows exists and works.
+
+Commands are collected from README.md (fenced code blocks and inline code spans) and from the
+module docstrings of configs/*.py: each `python -m giftjax...` and `python benchmarks/...`
+segment (a line may chain several with `&&`). New commands are picked up as they are written.
+
+- `python -m giftjax.main --config=FILE[:ARG] ...`: FILE exists, `get_config(ARG)` loads, and
+  every `--config.key=value` override names an existing key; then the command runs for real in
+  a subprocess (JAX_PLATFORMS=cpu) with a temporary work directory, or the short variant that
+  SHORT_VARIANTS gives for it.
+- `python -m giftjax.plot WORKDIR`: runs for real on a work directory holding a small
+  metrics.jsonl written here.
+- Any other `python -m giftjax.X`: the module exists and `--help` exits 0.
+- `python benchmarks/X.py ...`: the file exists and `--help` exits 0 (HELP_ONLY says why each
+  is not run for real).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A documented command that is too long to run in a test -> the short variant actually run
+# (same file and variant, smaller sizes). Keys are the command exactly as documented.
+SHORT_VARIANTS = {
+    "python -m giftjax.main --config=configs/demo.py:big --workdir=/tmp/giftjax-demo": (
+        "python -m giftjax.main --config=configs/demo.py:big --workdir=/tmp/giftjax-demo "
+        "--config.batch.prompts=2 --config.batch.tokens=8"
+    ),
+}
+# Why benchmarks are only started with --help: each times many repeats (minutes on a 2-core
+# CPU) and writes benchmarks/results; model_tpu_aot compiles a 7B model for a TPU pod through
+# libtpu (minutes, gigabytes of memory).
+HELP_ONLY = "timed benchmarks and TPU compiles take minutes to hours; --help checks they start"
+# Modules run for real on a work directory (`giftjax.main` aside).
+RUN_ON_WORKDIR = {"giftjax.plot"}
+
+_START = re.compile(r"^(?:python3?|\S*/python)\s+(?:-m\s+giftjax\b|benchmarks/)")
+
+
+def _segments(text: str) -> list[str]:
+    """The python commands of a text: lines joined over trailing backslashes, split at shell
+    separators, kept when they start with python -m giftjax or python benchmarks/."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    out = []
+    for line in text.splitlines():
+        for part in re.split(r"&&|\|\||;|\|", line):
+            part = " ".join(part.split())
+            if _START.match(part):
+                out.append(part)
+    return out
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M)
+    spans = re.findall(r"`([^`\n]+)`", prose)
+    return [c for chunk in [*blocks, *spans] for c in _segments(chunk)]
+
+
+def config_commands() -> list[str]:
+    out = []
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        out += _segments(doc)
+    return out
+
+
+def documented_commands() -> list[str]:
+    return list(dict.fromkeys(readme_commands() + config_commands()))
+
+
+COMMANDS = documented_commands()
+
+
+def _split(command: str) -> tuple[str | None, list[str], str | None]:
+    """(module or None, arguments, script or None) of a documented command."""
+    words = shlex.split(command)[1:]
+    if words[0] == "-m":
+        return words[1], words[2:], None
+    return None, words[1:], words[0]
+
+
+def _config_arg(args: list[str]) -> tuple[Path, str | None]:
+    for i, a in enumerate(args):
+        if a.startswith("--config=") or a == "--config":
+            value = a.split("=", 1)[1] if "=" in a else args[i + 1]
+            path, _, arg = value.partition(":")
+            return ROOT / path, arg or None
+    raise AssertionError(f"no --config in {args}")
+
+
+def _load_config(path: Path, arg: str | None):
+    spec = importlib.util.spec_from_file_location(f"_doc_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _is_placeholder(word: str) -> bool:
+    """WORKDIR, DIR or a /tmp path: stands for the run's work directory."""
+    return word in ("WORKDIR", "DIR") or word.startswith("/tmp/")
+
+
+def _substitute(args: list[str], workdir: Path) -> list[str]:
+    out = []
+    for a in args:
+        if a.startswith("--workdir="):  # any value: DIR, /tmp/giftjax-demo, ...
+            a = f"--workdir={workdir}"
+        elif not a.startswith("-") and _is_placeholder(a):
+            a = str(workdir)
+        out.append(a)
+    return out
+
+
+def _run(argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_SKIP_MDS_QUERY="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _write_metrics(workdir: Path) -> None:
+    """A tiny run's metrics.jsonl, in the documented layout, for commands that read a run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "reward/mean": 0.1 * s} for s in range(5)]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_commands_are_found():
+    """The extraction sees the README's run command, the config docstrings' launch commands
+    and the benchmarks (a broken extraction would otherwise pass by checking nothing)."""
+    main = "python -m giftjax.main --config=configs/"
+    assert any(c.startswith(main) for c in readme_commands()), readme_commands()
+    assert any(c.startswith(main) for c in config_commands()), config_commands()
+    assert any(c.startswith("python benchmarks/") for c in readme_commands()), readme_commands()
+    assert set(SHORT_VARIANTS) <= set(COMMANDS), set(SHORT_VARIANTS) - set(COMMANDS)
+
+
+MAIN = [c for c in COMMANDS if _split(c)[0] == "giftjax.main"]
+MODULES = [c for c in COMMANDS if _split(c)[0] not in (None, "giftjax.main")]
+SCRIPTS = [c for c in COMMANDS if _split(c)[2] is not None]
+
+
+@pytest.mark.parametrize("command", MAIN)
+def test_main_config_loads_and_overrides_exist(command):
+    _, args, _ = _split(SHORT_VARIANTS.get(command, command))
+    path, arg = _config_arg(args)
+    assert path.is_file(), f"{command}: {path} does not exist"
+    config = _load_config(path, arg)
+    for a in args:
+        if a.startswith("--config."):
+            key = a[len("--config.") :].split("=", 1)[0]
+            node = config
+            for part in key.split("."):
+                assert part in node, f"{command}: override {key!r} names no config key"
+                node = node[part]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", MAIN)
+def test_main_command_runs(command, tmp_path):
+    module, args, _ = _split(SHORT_VARIANTS.get(command, command))
+    out = _run(["-m", module, *_substitute(args, tmp_path / "workdir")])
+    assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("command", MODULES)
+def test_module_command(command, tmp_path):
+    module, args, _ = _split(SHORT_VARIANTS.get(command, command))
+    assert importlib.util.find_spec(module) is not None, f"{command}: no module {module}"
+    if module in RUN_ON_WORKDIR:
+        _write_metrics(tmp_path / "workdir")
+        out = _run(["-m", module, *_substitute(args, tmp_path / "workdir")])
+    else:
+        out = _run(["-m", module, "--help"])
+    assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", SCRIPTS)
+def test_benchmark_script_starts(command):
+    """Only --help (see HELP_ONLY): the file exists and its imports and flags parse."""
+    _, _, script = _split(command)
+    assert (ROOT / script).is_file(), f"{command}: {script} does not exist"
+    out = _run([script, "--help"], timeout=300)
+    assert out.returncode == 0, f"{command} ({HELP_ONLY})\n{out.stderr[-3000:]}"
