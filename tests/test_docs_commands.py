@@ -34,9 +34,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # A documented command that is too long to run in a test -> the short variant actually run
 # (same file and variant, smaller sizes). Keys are the command exactly as documented.
 SHORT_VARIANTS = {
-    "python -m giftjax.main --config=configs/demo.py:big --workdir=/tmp/giftjax-demo": (
-        "python -m giftjax.main --config=configs/demo.py:big --workdir=/tmp/giftjax-demo "
+    "python -m giftjax.demo --config=configs/demo.py:big --workdir=/tmp/giftjax-demo": (
+        "python -m giftjax.demo --config=configs/demo.py:big --workdir=/tmp/giftjax-demo "
         "--config.batch.prompts=2 --config.batch.tokens=8"
+    ),
+    # The trainer recipes: the same config for a few steps (tests/test_train_cli.py runs the
+    # smoke recipe's short variant to the end and checks that it learns).
+    "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke": (
+        "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke "
+        "--config.train.warmup_sft_steps=2 --config.train.steps=2 --config.eval.every=0 "
+        "--config.data.eval_size=8 --config.log.progress=false"
+    ),
+    "python -m giftjax.main --config=configs/hybrid_gac_cpu.py --workdir=/tmp/giftjax-hybrid": (
+        "python -m giftjax.main --config=configs/hybrid_gac_cpu.py --workdir=/tmp/giftjax-hybrid "
+        "--config.train.steps=2 --config.eval.every=0 --config.data.eval_size=8 "
+        "--config.log.progress=false"
     ),
 }
 # Why benchmarks are only started with --help: each times many repeats (minutes on a 2-core
@@ -46,6 +58,9 @@ HELP_ONLY = "timed benchmarks and TPU compiles take minutes to hours; --help che
 # Modules run for real on a work directory (`giftjax.main` aside).
 RUN_ON_WORKDIR = {"giftjax.plot"}
 
+# A command template in prose ("--config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
+# shows a form, not a runnable command.
+_TEMPLATE = re.compile(r"configs/NAME\.py|\[--")
 _START = re.compile(r"^(?:python3?|\S*/python)\s+(?:-m\s+giftjax\b|benchmarks/)")
 
 
@@ -55,9 +70,10 @@ def _segments(text: str) -> list[str]:
     text = re.sub(r"\\\n\s*", " ", text)
     out = []
     for line in text.splitlines():
+        line = re.sub(r"\s#.*$", "", line)  # a shell comment after the command
         for part in re.split(r"&&|\|\||;|\|", line):
             part = " ".join(part.split())
-            if _START.match(part):
+            if _START.match(part) and not _TEMPLATE.search(part):
                 out.append(part)
     return out
 
@@ -150,8 +166,9 @@ def test_commands_are_found():
     assert set(SHORT_VARIANTS) <= set(COMMANDS), set(SHORT_VARIANTS) - set(COMMANDS)
 
 
-MAIN = [c for c in COMMANDS if _split(c)[0] == "giftjax.main"]
-MODULES = [c for c in COMMANDS if _split(c)[0] not in (None, "giftjax.main")]
+CONFIG_MODULES = ("giftjax.main", "giftjax.demo")  # take --config=FILE and --workdir
+MAIN = [c for c in COMMANDS if _split(c)[0] in CONFIG_MODULES]
+MODULES = [c for c in COMMANDS if _split(c)[0] not in (None, *CONFIG_MODULES)]
 SCRIPTS = [c for c in COMMANDS if _split(c)[2] is not None]
 
 
