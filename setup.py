@@ -43,6 +43,9 @@ EXTRAS = {
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
     "data": ["tensorflow-datasets>=4.9"],
+    # benchmarks/tunix_baseline.py (rl_step.py --baseline tunix); tunix pins safetensors<0.8,
+    # so pip may downgrade safetensors/transformers/tokenizers in an existing environment.
+    "bench": ["google-tunix==0.1.7"],
 }
 
 setup(

@@ -39,18 +39,29 @@ class MLP(nnx.Module):
             self.down_bias = param(rngs, (d,), ("embed",), pd, zeros)
 
     def __call__(self, x: jax.Array, constrain: Constrain = no_constraint) -> jax.Array:
-        """x [B, T, D] -> [B, T, D]."""
+        """x [B, T, D] -> [B, T, D].
+
+        The three matmuls run on the tokens flattened to [B*T, .] rows, so that the weight
+        gradients in the backward pass contract ONE axis (`x2^T @ g2`), which the CPU matmul
+        reads transposed in place. With [B, T, .] operands they contract two axes (B, T), and
+        XLA:CPU materialised a transposed [F, B*T] copy of each gate/up gradient, fused with
+        the SiLU backward in strided order: that copy cost more than the matmuls and made the
+        backward of the decoder ~5x its forward (issue 11). Same arithmetic, same results.
+        """
         dt = x.dtype
-        gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
-        up = x @ self.up_proj[...].astype(dt)  # [B, T, F]
+        b, t, d = x.shape
+        x2 = x.reshape(b * t, d)  # [B*T, D]
+        gate = x2 @ self.gate_proj[...].astype(dt)  # [B*T, F]
+        up = x2 @ self.up_proj[...].astype(dt)  # [B*T, F]
         if self.config.mlp_bias:
             gate = gate + self.gate_bias[...].astype(dt)
             up = up + self.up_bias[...].astype(dt)
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))  # [B, T, F]
-        y = hidden @ self.down_proj[...].astype(dt)  # [B, T, D]
+        hidden = (jax.nn.silu(gate) * up).reshape(b, t, -1)  # [B, T, F]
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        y = hidden.reshape(b * t, -1) @ self.down_proj[...].astype(dt)  # [B*T, D]
         if self.config.mlp_bias:
             y = y + self.down_bias[...].astype(dt)
-        return y
+        return y.reshape(b, t, d)
 
 
 class Block(nnx.Module):
