@@ -5,8 +5,8 @@ The README's main command:
   python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke
 
 A 2-layer, width-64 decoder learns the synthetic task (reverse a digit string; the held-out
-split has longer strings): 50 SFT warm-up steps on the task's demonstrations teach the answer
-format (the partial-credit reward then starts near 0.3), then 200 steps of
+split has longer strings): 30 SFT warm-up steps on the task's demonstrations teach the answer
+format (the partial-credit reward then starts near 0.2), then 200 steps of
 GIFT with the rollout policy pi_old as reference and 4 updates per rollout batch (as the GIFT
 authors' code takes; with one update and pi_old every update is GIFT's degenerate case)
 raises the reward. Variants: ``configs/smoke_cpu.py:short`` (the test suite's shorter run).
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.learning_rate = 3e-3
     c.optim.clip_norm = 1.0
 
-    c.train.warmup_sft_steps = 50
+    c.train.warmup_sft_steps = 30
     c.train.steps = 200
     c.train.updates_per_rollout = 4
     c.train.micro_batches = 2  # exact accumulation; hybrid's noise estimate needs >= 2
