@@ -81,6 +81,32 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def make_tunix_baseline(trainer: loop.Trainer):
+    """tunix's GRPO step on the same configuration, from a copy of the trainer's initial
+    weights (needs ``pip install -e ".[bench]"``, google-tunix 0.1.7).
+
+    tunix samples from 32 random prompt ids per prompt (the same shapes as giftjax's padded
+    prompts) with no early stop; its reward is a cheap function of the token ids, as
+    giftjax's is of the text (rewards take about a millisecond in both).
+    """
+    import numpy as np
+    from flax import nnx
+
+    from benchmarks import tunix_baseline
+
+    params = jax.tree.map(jax.numpy.copy, trainer.state.params)  # before any donated update
+    model = nnx.merge(trainer.graphdef, params)
+    prompt_ids = np.random.default_rng(0).integers(4, VOCAB, (PROMPTS, PROMPT_LEN))
+
+    def reward_fn(completions: np.ndarray) -> np.ndarray:
+        return (completions % 2 == 0).mean(axis=1).astype(np.float32)  # [P*G]
+
+    return tunix_baseline.make_tunix_step(
+        model, prompt_ids, reward_fn, num_generations=GROUP, max_new_tokens=NEW_TOKENS,
+        beta=KL_COEF,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=12, help="steps per framework (>= 3)")
@@ -90,24 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 3:
         parser.error("--steps must be >= 3 (one compile step, then a steady state)")
 
-    tunix_step = None
-    if args.baseline == "tunix":
-        from benchmarks import tunix_baseline
-
-        tunix_step = tunix_baseline.make_tunix_step(
-            prompts=PROMPTS, group=GROUP, prompt_len=PROMPT_LEN, new_tokens=NEW_TOKENS,
-            vocab=VOCAB, kl_coef=KL_COEF, **SHAPE,
-        )  # fmt: skip
-
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as workdir:
         trainer = loop.Trainer(bench_config(args.steps), workdir)
+        tunix_step = None
+        if args.baseline == "tunix":
+            tunix_step = make_tunix_baseline(trainer)
         for step in range(args.steps):
             ours.append(trainer.step(step))
             if tunix_step is not None:
                 start = time.perf_counter()
                 split = tunix_step()
-                theirs.append({"time/step": time.perf_counter() - start, **split})
+                theirs.append(
+                    {"time/step": time.perf_counter() - start}
+                    | {f"time/{k}": v for k, v in split.items() if k in SPLITS}
+                )
         trainer.close()
 
     figures = {"device": jax.devices()[0].device_kind, "steps": args.steps}
