@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| framework | first step (compile) | s / step | rollout | reward | reference | update |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("giftjax", "tunix") if theirs else ("giftjax",):
-        cells = [f"{figures.get(f'{name}_{s}_s', float('nan')):.3f}" for s in SPLITS]
+        cells = [
+            f"{figures[f'{name}_{s}_s']:.3f}" if f"{name}_{s}_s" in figures else "-"
+            for s in SPLITS
+        ]
         print(
             f"| {name} | {figures[f'{name}_first_step_s']:.2f} | "
             f"{figures[f'{name}_s_per_step']:.3f} | " + " | ".join(cells) + " |"
