@@ -20,14 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from giftjax import data as data_lib
-from giftjax import sampling
 from giftjax.rewards import RewardRunner
 from giftjax.train import rollout as rollout_lib
 
@@ -66,39 +64,21 @@ def _score(
 ) -> np.ndarray:
     """Rewards [P, num_samples] of responses to ``rows``."""
     texts = rollout_lib.render_prompts(tokenizer, rows, config)
-    ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
-    # Pad the prompt count to a multiple of the data axes with copies of the first prompt.
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    n = ids.shape[0]
-    ids, mask, _ = sampling.pad_prompts(
-        ids,
-        mask,
-        pad_id=tokenizer.pad_token_id,
-        length=config.data.max_prompt_len,
-        batch=-(-n // ways) * ways,
-    )
-    r = config.rollout
-    out = sampling.generate(
+    *_, completions = rollout_lib.sample_responses(
         model,
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        max_new_tokens=r.max_new_tokens,
-        key=key,
-        temperature=temperature,
-        top_p=r.top_p if temperature else 1.0,
-        top_k=r.top_k if temperature else 0,
-        num_samples=num_samples,
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
+        texts,
+        tokenizer=tokenizer,
+        config=config,
         mesh=mesh,
-        rules=config.mesh.rules,
+        key=key,
+        num_samples=num_samples,
+        temperature=temperature,
     )
-    out = sampling.drop_dummy_rows(out, n, num_samples=num_samples)
-    completions = data_lib.decode_responses(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
     columns = rollout_lib.row_columns(rows)
-    rep = lambda xs: [x for x in xs for _ in range(num_samples)]
-    result = runner(rep(texts), completions, {k: rep(v) for k, v in columns.items()}, step=step)
-    return result.total.reshape(n, num_samples)
+    result = rollout_lib.score_responses(
+        runner, texts, completions, columns, num_samples=num_samples, step=step
+    )
+    return result.total.reshape(len(rows), num_samples)
 
 
 def evaluate(

@@ -82,6 +82,78 @@ def row_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     return {k: [row.get(k) for row in rows] for k in keys}
 
 
+def sample_responses(
+    model: nnx.Module,
+    texts: Sequence[str],
+    *,
+    tokenizer: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    key: jax.Array,
+    num_samples: int,
+    temperature: float,
+) -> tuple[np.ndarray, np.ndarray, sampling.SampleOutput, list[str]]:
+    """Samples ``num_samples`` responses to each prompt text, on the host's side decoded.
+
+    The prompts are tokenised and left-padded to ``data.max_prompt_len``; when the P x G rows
+    do not divide over the mesh's data axes, dummy prompts are appended and their samples
+    dropped. The rollout settings give the length and top-p / top-k (greedy, temperature 0,
+    uses neither).
+
+    Returns:
+      ``ids``, ``mask`` [P, Tp] int32; the sampler's output as host arrays [P*G, M] (tokens,
+      mask int32; logps float32); the P*G decoded responses.
+    """
+    r = config.rollout
+    ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
+    n = len(texts)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    padded_ids, padded_mask = ids, mask
+    if (n * num_samples) % ways:
+        padded_ids, padded_mask, _ = sampling.pad_prompts(
+            ids,
+            mask,
+            pad_id=tokenizer.pad_token_id,
+            length=config.data.max_prompt_len,
+            batch=-(-n // ways) * ways,
+        )
+    out = sampling.generate(
+        model,
+        jnp.asarray(padded_ids),
+        jnp.asarray(padded_mask),
+        max_new_tokens=r.max_new_tokens,
+        key=key,
+        temperature=temperature,
+        top_p=r.top_p if temperature else 1.0,
+        top_k=r.top_k if temperature else 0,
+        num_samples=num_samples,
+        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
+        pad_id=tokenizer.pad_token_id,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
+    out = sampling.drop_dummy_rows(out, n, num_samples=num_samples)
+    out = sampling.SampleOutput(
+        np.asarray(out.tokens, np.int32), np.asarray(out.mask, np.int32), np.asarray(out.logps)
+    )
+    return ids, mask, out, data_lib.decode_responses(tokenizer, out.tokens, out.mask)
+
+
+def score_responses(
+    runner: RewardRunner,
+    texts: Sequence[str],
+    completions: Sequence[str],
+    columns: Mapping[str, Sequence[Any]],
+    *,
+    num_samples: int,
+    step: int,
+):
+    """The reward runner on P prompts x ``num_samples`` responses (prompt-major): each
+    prompt's text and data columns repeated for its samples. Returns the RewardResult."""
+    rep = lambda xs: [x for x in xs for _ in range(num_samples)]
+    return runner(rep(texts), completions, {k: rep(v) for k, v in columns.items()}, step=step)
+
+
 def generate_rollout(
     graphdef: nnx.GraphDef,
     params: Any,
@@ -99,35 +171,24 @@ def generate_rollout(
     g = r.group_size
     start = time.perf_counter()
     texts = render_prompts(tokenizer, rows, config)
-    ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
-    model = nnx.merge(graphdef, params)
-    out = sampling.generate(
-        model,
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        max_new_tokens=r.max_new_tokens,
-        key=key,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        num_samples=g,
-        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
-        pad_id=tokenizer.pad_token_id,
+    ids, mask, out, completions = sample_responses(
+        nnx.merge(graphdef, params),
+        texts,
+        tokenizer=tokenizer,
+        config=config,
         mesh=mesh,
-        rules=config.mesh.rules,
+        key=key,
+        num_samples=g,
+        temperature=r.temperature,
     )
-    resp_tokens, resp_mask = np.asarray(out.tokens), np.asarray(out.mask)  # [B, M]
-    completions = data_lib.decode_responses(tokenizer, resp_tokens, resp_mask)
-    prompt_ids = np.repeat(ids, g, axis=0)  # [B, Tp]
-    prompt_mask = np.repeat(mask, g, axis=0)
-    tokens = np.concatenate([prompt_ids, resp_tokens], axis=1).astype(np.int32)  # [B, T]
-    attn = np.concatenate([prompt_mask, resp_mask], axis=1).astype(np.int32)
+    resp_tokens, resp_mask = out.tokens, out.mask  # [B, M]
+    tokens = np.concatenate([np.repeat(ids, g, axis=0), resp_tokens], axis=1)  # [B, T]
+    attn = np.concatenate([np.repeat(mask, g, axis=0), resp_mask], axis=1)
     t_rollout = time.perf_counter() - start
 
     start = time.perf_counter()
     columns = row_columns(rows)
-    rep = lambda xs: [x for x in xs for _ in range(g)]
-    result = runner(rep(texts), completions, {k: rep(v) for k, v in columns.items()}, step=step)
+    result = score_responses(runner, texts, completions, columns, num_samples=g, step=step)
     t_reward = time.perf_counter() - start
 
     rules = sharding_lib.get_rules(config.mesh.rules)

@@ -109,6 +109,21 @@ def response_logps(
     )
 
 
+def logps_fn(
+    graphdef: nnx.GraphDef, *, prompt_len: int, temperature: float, mesh: Mesh, rules: Any
+) -> Callable[[Any, Array, Array], Array]:
+    """``(params, tokens [B, T], attn_mask [B, T]) -> [B, M]``: :func:`response_logps` with
+    the run's static settings bound."""
+    return functools.partial(
+        response_logps,
+        graphdef,
+        prompt_len=prompt_len,
+        temperature=temperature,
+        mesh=mesh,
+        rules=rules,
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # The loss table: name -> f(logps [b, M], microbatch, settings) -> (loss, aux).
 # ------------------------------------------------------------------------------------------
@@ -229,20 +244,16 @@ def rl_microbatch_loss(
     """
     s = settings(config, name)
     loss_fn = get_rl_loss(name)
-    temp = config.rollout.temperature
-    rules = config.mesh.rules
+    logps_of = logps_fn(
+        graphdef,
+        prompt_len=prompt_len,
+        temperature=config.rollout.temperature,
+        mesh=mesh,
+        rules=config.mesh.rules,
+    )
 
     def mb_loss(params, mb):
-        logps = response_logps(
-            graphdef,
-            params,
-            mb["tokens"],
-            mb["attn_mask"],
-            prompt_len=prompt_len,
-            temperature=temp,
-            mesh=mesh,
-            rules=rules,
-        )
+        logps = logps_of(params, mb["tokens"], mb["attn_mask"])
         loss, aux = loss_fn(logps, mb, s)
         return loss, {**aux, **_mismatch(logps, mb)}
 
@@ -310,17 +321,10 @@ def sft_microbatch_loss(
     """``(params, mb) -> sft_loss`` on demonstration rows (``tokens``, ``attn_mask``,
     ``resp_mask``), teacher-forced at temperature 1."""
 
+    logps_of = logps_fn(graphdef, prompt_len=prompt_len, temperature=1.0, mesh=mesh, rules=rules)
+
     def loss(params, mb):
-        logps = response_logps(
-            graphdef,
-            params,
-            mb["tokens"],
-            mb["attn_mask"],
-            prompt_len=prompt_len,
-            temperature=1.0,
-            mesh=mesh,
-            rules=rules,
-        )
+        logps = logps_of(params, mb["tokens"], mb["attn_mask"])
         return losses.sft_loss(logps, mb["resp_mask"], weighting=weighting)
 
     return loss
@@ -363,20 +367,12 @@ def make_dpo_update(
     """
     k = config.train.micro_batches
     d = config.algo.dpo
-    rules = config.mesh.rules
+    logps_of = logps_fn(
+        graphdef, prompt_len=prompt_len, temperature=1.0, mesh=mesh, rules=config.mesh.rules
+    )
 
     def seq_logps(params, tokens, attn, mask):
-        lp = response_logps(
-            graphdef,
-            params,
-            tokens,
-            attn,
-            prompt_len=prompt_len,
-            temperature=1.0,
-            mesh=mesh,
-            rules=rules,
-        )
-        return losses.sequence_logps(lp, mask)
+        return losses.sequence_logps(logps_of(params, tokens, attn), mask)
 
     def mb_loss(params, mb):
         chosen = seq_logps(params, mb["chosen_tokens"], mb["chosen_attn"], mb["chosen_mask"])
@@ -461,13 +457,8 @@ def make_logps_fn(
 ):
     """The jitted ``(params, tokens [B, T], attn_mask [B, T]) -> logps [B, M]`` used for the
     reference and pi_old log-probs (no gradient)."""
-    fn = functools.partial(
-        response_logps,
-        graphdef,
-        prompt_len=prompt_len,
-        temperature=temperature,
-        mesh=mesh,
-        rules=config.mesh.rules,
+    fn = logps_fn(
+        graphdef, prompt_len=prompt_len, temperature=temperature, mesh=mesh, rules=config.mesh.rules
     )
     return jax.jit(
         lambda p, t, a: jax.lax.stop_gradient(fn(p, t, a)),
