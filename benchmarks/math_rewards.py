@@ -12,7 +12,7 @@ processes killed when a call runs past the time limit.
   - A batch of 1024 MATH completions (reference solutions, cycled) with 8 hostile ones among
     them (exponent tower, 1 MB text, 10,000 nested braces, NUL, surrogate...).
 
-    .venv/bin/python benchmarks/math_rewards.py --data ../shared/data --workers 2 \\
+    .venv/bin/python benchmarks/math_rewards.py --data PATH/TO/data --workers 2 \\
         --out benchmarks/results/math_rewards.md
 """
 

@@ -207,7 +207,7 @@ def score(completion: str, answer: str) -> float:
 def synthetic_reward(
     prompts: Sequence[str], completions: Sequence[str], *, answer: Sequence[str], **columns: Any
 ) -> list[float]:
-    """`score` as a reward function of the trainer's protocol (DESIGN.md section 8).
+    """`score` as a reward function of the reward protocol (`giftjax.rewards`).
 
     Args:
       prompts: [B] prompt texts (unused: the answer column carries the target).

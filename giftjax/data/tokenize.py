@@ -1,7 +1,7 @@
 """Host-side tokenisation: prompts to left-padded id arrays, demonstrations, decoding.
 
-These run in NumPy on each host before its rows become part of a global array (DESIGN.md
-section 4). Prompts are LEFT-padded so that every row ends at the last column, which is what
+These run in NumPy on each host before its rows become part of a global array (the data
+flow in docs/architecture.md). Prompts are LEFT-padded so that every row ends at the last column, which is what
 `giftjax.sampling.generate` expects; responses are RIGHT-padded after an appended EOS.
 
 Texts are encoded with `add_special_tokens=False` by default: the prompt template (see

@@ -1,6 +1,6 @@
 """Training metrics: metrics.jsonl, samples.jsonl, TensorBoard, a progress bar, optional wandb.
 
-Files under WORKDIR (DESIGN.md section 8):
+Files under WORKDIR (the layout in README.md, "What a run writes"):
 
 - ``metrics.jsonl``: one JSON object per :meth:`MetricsLogger.log` call, ``{"step": int, ...}``
   with the keys as given (``reward/mean``, ``loss``, ``gac/mu`` ...). Floats are written at full
