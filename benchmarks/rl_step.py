@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("giftjax", "tunix") if theirs else ("giftjax",):
         cells = [
-            f"{figures[f'{name}_{s}_s']:.3f}" if f"{name}_{s}_s" in figures else "-"
-            for s in SPLITS
+            f"{figures[f'{name}_{s}_s']:.3f}" if f"{name}_{s}_s" in figures else "-" for s in SPLITS
         ]
         print(
             f"| {name} | {figures[f'{name}_first_step_s']:.2f} | "
