@@ -1,7 +1,7 @@
 """``python -m giftjax.main`` as a user runs it: learning, kill -9 and resume, SIGTERM, errors.
 
 Each run is a fresh process on one CPU device with the smoke recipe's short variant
-(``configs/smoke_cpu.py:short``: 50 SFT warm-up steps, then 40 GIFT steps). A resumed run is
+(``configs/smoke_cpu.py:short``: the SFT warm-up steps, then 40 GIFT steps). A resumed run is
 the same program on the same machine as an uninterrupted one, so parameters and metrics must
 be bit-identical (time measurements excepted).
 """
@@ -19,9 +19,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import smoke_cpu
 from giftjax.train.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+_SHORT = smoke_cpu.get_config("short")
+WARMUP, RL_STEPS = _SHORT.train.warmup_sft_steps, _SHORT.train.steps
+TOTAL = WARMUP + RL_STEPS  # steps of the short run, warm-up included
 SHORT = "--config=configs/smoke_cpu.py:short"
 TIMED = ("time/", "tokens/per_sec")  # wall-clock measurements differ between runs
 
@@ -91,9 +95,9 @@ def reference_run(tmp_path_factory):
 def test_smoke_run_learns(reference_run):
     workdir, out = reference_run
     rows = read_jsonl(str(workdir / "metrics.jsonl"))
-    assert [r["step"] for r in rows] == list(range(1, 91))
+    assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))
     rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
-    assert len(rewards) == 40
+    assert len(rewards) == RL_STEPS
     first, last = np.mean(rewards[:10]), np.mean(rewards[-10:])
     assert last > first + 0.05, (first, last)
     assert "metrics.jsonl" in out.stdout
@@ -107,20 +111,21 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_run, tmp_path)
     ref_dir, _ = reference_run
     proc = start(tmp_path)
     try:
-        wait_for(lambda: any(s >= 60 for s in checkpoint_steps(tmp_path)), proc)
+        # Killed in the RL phase, after at least one checkpoint there.
+        wait_for(lambda: any(s >= WARMUP + 10 for s in checkpoint_steps(tmp_path)), proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert max(checkpoint_steps(tmp_path)) < 90
+    assert max(checkpoint_steps(tmp_path)) < TOTAL
     out = run(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
 
     rows, ref_rows = (read_jsonl(str(d / "metrics.jsonl")) for d in (tmp_path, ref_dir))
-    assert [r["step"] for r in rows] == list(range(1, 91))  # each step once
+    assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))  # each step once
     assert [untimed(r) for r in rows] == [untimed(r) for r in ref_rows]
     step, params = final_params(tmp_path)
     ref_step, ref_params = final_params(ref_dir)
-    assert step == ref_step == 90
+    assert step == ref_step == TOTAL
     import jax
 
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
@@ -132,7 +137,7 @@ def test_sigterm_saves_once_and_exits_zero(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
 
     def in_rl_phase():
-        return metrics.exists() and len(metrics.read_text().splitlines()) >= 55
+        return metrics.exists() and len(metrics.read_text().splitlines()) >= WARMUP + 5
 
     try:
         wait_for(in_rl_phase, proc)
@@ -143,7 +148,7 @@ def test_sigterm_saves_once_and_exits_zero(tmp_path):
             proc.kill()
     rows = read_jsonl(str(metrics))
     last = rows[-1]["step"]
-    assert last < 90
+    assert last < TOTAL
     assert checkpoint_steps(tmp_path)[-1] == last  # saved at the step it stopped
 
 
