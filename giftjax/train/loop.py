@@ -98,7 +98,9 @@ class Trainer:
         self.warmup = c.train.warmup_sft_steps
         self.total_steps = self.warmup + c.train.steps
         self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
-        keep_ref = c.algo.reference == "initial" and c.algo.name != "sft"
+        # DPO's implicit reward is always measured against the initial model (its reference
+        # must not move with the policy); the RL losses follow algo.reference.
+        keep_ref = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
         self.graphdef, state = state_lib.init_state(
             model, self.tx, seed=c.seed, keep_reference=keep_ref
         )
@@ -283,7 +285,7 @@ class Trainer:
         batch = rollout_lib.preference_batch(
             rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
         )
-        ref = self.state.ref_params if self.state.ref_params is not None else self.state.params
+        ref = self.state.ref_params  # the initial model (kept for dpo whatever algo.reference)
         t_ref = time.perf_counter()
         for side in ("chosen", "rejected"):
             lp = self.demo_logps(ref, batch[f"{side}_tokens"], batch[f"{side}_attn"])
