@@ -101,7 +101,7 @@ def test_a_changed_training_key_is_refused(run_dir):
     c = _config()
     c.optim.learning_rate = 1e-5
     before = _fingerprint(run_dir)
-    with pytest.raises(ValueError, match="optim.learning_rate"):
+    with pytest.raises(ValueError, match=r"optim\.learning_rate"):
         eval_cli.evaluate_checkpoint(c, str(run_dir))
     assert _fingerprint(run_dir) == before
 

@@ -85,9 +85,7 @@ class Trainer:
         is restored until :meth:`restore` is called. :meth:`run` is refused.
     """
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str, *, read_only: bool = False
-    ):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, read_only: bool = False):
         self.config = config
         self.workdir = workdir
         self.read_only = read_only
@@ -237,7 +235,7 @@ class Trainer:
         """Trains from the newest checkpoint (or the start) to the end; returns the last
         logged metrics. Stops early, after saving, on SIGTERM/SIGINT."""
         if self.read_only:
-            raise RuntimeError("this Trainer was opened read_only (for evaluation); it cannot train.")
+            raise RuntimeError("this Trainer was opened read_only (evaluation); it cannot train.")
         c = self.config
         last: dict[str, float] = {}
         if self.start_step >= self.total_steps:
