@@ -10,7 +10,9 @@ segment (a line may chain several with `&&`). New commands are picked up as they
   SHORT_VARIANTS gives for it.
 - `python -m giftjax.plot WORKDIR`: runs for real on a work directory holding a small
   metrics.jsonl written here.
-- Any other `python -m giftjax.X`: the module exists and `--help` exits 0.
+- Any other `python -m giftjax.X`: the module exists and `--help` exits 0; one that takes
+  `--config=FILE` (`giftjax.eval`, which needs a trained work directory) also has its config
+  loaded and its overrides checked as above.
 - `python benchmarks/X.py ...`: the file exists and `--help` exits 0 (HELP_ONLY says why each
   is not run for real).
 """
@@ -57,6 +59,14 @@ SHORT_VARIANTS = {
 HELP_ONLY = "timed benchmarks and TPU compiles take minutes to hours; --help checks they start"
 # Modules run for real on a work directory (`giftjax.main` aside).
 RUN_ON_WORKDIR = {"giftjax.plot"}
+# Modules run for real on a trained run: the same config's documented training command (its
+# short variant) runs first on the work directory, then the command with the same overrides.
+RUN_AFTER_TRAINING = {"giftjax.eval"}
+SHORT_VARIANTS[
+    "python -m giftjax.eval --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
+] = SHORT_VARIANTS[
+    "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
+].replace("giftjax.main", "giftjax.eval")
 
 # A command template in prose ("--config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
 # shows a form, not a runnable command.
@@ -172,7 +182,11 @@ MODULES = [c for c in COMMANDS if _split(c)[0] not in (None, *CONFIG_MODULES)]
 SCRIPTS = [c for c in COMMANDS if _split(c)[2] is not None]
 
 
-@pytest.mark.parametrize("command", MAIN)
+# Other modules that take the run's --config (giftjax.eval): the config is checked the same way.
+CONFIGURED = [c for c in MODULES if any(a.startswith("--config=") for a in _split(c)[1])]
+
+
+@pytest.mark.parametrize("command", MAIN + CONFIGURED)
 def test_main_config_loads_and_overrides_exist(command):
     _, args, _ = _split(SHORT_VARIANTS.get(command, command))
     path, arg = _config_arg(args)
@@ -199,6 +213,8 @@ def test_main_command_runs(command, tmp_path):
 def test_module_command(command, tmp_path):
     module, args, _ = _split(SHORT_VARIANTS.get(command, command))
     assert importlib.util.find_spec(module) is not None, f"{command}: no module {module}"
+    if module in RUN_AFTER_TRAINING:
+        pytest.skip("run by test_command_on_a_trained_run (slow)")
     if module in RUN_ON_WORKDIR:
         _write_metrics(tmp_path / "workdir")
         out = _run(["-m", module, *_substitute(args, tmp_path / "workdir")])
@@ -215,3 +231,22 @@ def test_benchmark_script_starts(command):
     assert (ROOT / script).is_file(), f"{command}: {script} does not exist"
     out = _run([script, "--help"], timeout=300)
     assert out.returncode == 0, f"{command} ({HELP_ONLY})\n{out.stderr[-3000:]}"
+
+
+AFTER_TRAINING = [c for c in MODULES if _split(c)[0] in RUN_AFTER_TRAINING]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_command_on_a_trained_run(command, tmp_path):
+    module, args, _ = _split(SHORT_VARIANTS.get(command, command))
+    documented = _split(command)[1]
+    train = " ".join(["python -m giftjax.main", *documented])
+    assert train in COMMANDS, f"{command}: its training command {train!r} is not documented"
+    _, train_args, _ = _split(SHORT_VARIANTS.get(train, train))
+    assert train_args == args, f"{command}: run it with the overrides of {train!r}"
+    workdir = tmp_path / "workdir"
+    out = _run(["-m", "giftjax.main", *_substitute(train_args, workdir)])
+    assert out.returncode == 0, f"{train}\n{out.stderr[-3000:]}"
+    out = _run(["-m", module, *_substitute(args, workdir)])
+    assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"

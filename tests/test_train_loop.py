@@ -144,8 +144,8 @@ def test_rows_not_divisible_by_the_mesh_are_refused():
 def test_evaluation_is_deterministic(tmp_path):
     c = tiny_config("gift", steps=1, warmup=0)
     trainer = loop.Trainer(c, str(tmp_path))
-    first = trainer._evaluate(1)
-    second = trainer._evaluate(1)
+    first = trainer.evaluate(1)
+    second = trainer.evaluate(1)
     trainer.close()
     assert first == second
     assert all(0.0 <= v <= 1.0 for v in first.values())

@@ -2,11 +2,15 @@
 
 Keys read (others are ignored here; the trainer validates the whole config):
 
-- `data.source`: "synthetic" or "jsonl".
+- `data.source`: one of `SOURCES` ("synthetic", "jsonl", "gsm8k", "math500").
 - synthetic: `data.kind` (a name in `giftjax.data.KINDS`), `data.train_size`,
   `data.eval_size`; the eval split is the task's held-out split.
 - jsonl: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
   "prompt"), `data.answer_field` (default "answer").
+- gsm8k, math500: local copies of the public data sets in their published JSONL layout,
+  `data.path` (train) and `data.eval_path` (eval); the fields are fixed (`NAMED_FIELDS`):
+  GSM8K `question` -> prompt, `answer` (the full solution ending in `#### N`, which the
+  `gsm8k` reward reads) -> answer; MATH-500 `problem` -> prompt, `answer` -> answer.
 
 `data.template` is not read here: the prompt text is rendered later (`render_prompt`).
 """
@@ -18,9 +22,11 @@ from typing import Any
 from giftjax.data.jsonl import JsonlSource
 from giftjax.data.synthetic import SyntheticTask
 
-__all__ = ["SOURCES", "get_source"]
+__all__ = ["NAMED_FIELDS", "SOURCES", "get_source"]
 
-SOURCES = ("synthetic", "jsonl")
+SOURCES = ("synthetic", "jsonl", "gsm8k", "math500")
+# The JSONL sources with a known layout: name -> (prompt field, answer field).
+NAMED_FIELDS = {"gsm8k": ("question", "answer"), "math500": ("problem", "answer")}
 _SPLITS = ("train", "eval")
 
 
@@ -46,6 +52,10 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
 
     Returns:
       A `SyntheticTask` or a `JsonlSource` yielding `{"prompt", "answer", ...}` records.
+
+    Raises:
+      ValueError: an unknown source or split, or a key the source needs is unset.
+      FileNotFoundError: a JSONL file (jsonl, gsm8k, math500) does not exist.
     """
     if split not in _SPLITS:
         raise ValueError(f"split={split!r}; expected one of {_SPLITS}.")
@@ -59,13 +69,18 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
             size=_get(config_data, size_key, needed_by=needed_by),
             seed=seed,
         )
-    if source == "jsonl":
+    if source == "jsonl" or source in NAMED_FIELDS:
         path = _get(config_data, "path" if split == "train" else "eval_path", needed_by=needed_by)
         demo = _get(config_data, "demonstration_field", "")
+        if source in NAMED_FIELDS:
+            prompt_field, answer_field = NAMED_FIELDS[source]
+        else:
+            prompt_field = _get(config_data, "prompt_field", "prompt")
+            answer_field = _get(config_data, "answer_field", "answer")
         return JsonlSource(
             path,
-            prompt_field=_get(config_data, "prompt_field", "prompt"),
-            answer_field=_get(config_data, "answer_field", "answer"),
+            prompt_field=prompt_field,
+            answer_field=answer_field,
             extra_fields=(demo,) if demo else (),
         )
     raise ValueError(f"data.source={source!r}; expected one of {SOURCES}.")

@@ -90,9 +90,19 @@ class Checkpointer:
       keep: how many of the newest checkpoints to keep, >= 1.
       async_save: write in a background thread; :meth:`save` returns once the arrays are copied
         off the devices. :meth:`wait` or :meth:`close` blocks until the write has finished.
+      read_only: only list and restore (evaluation): the directory is neither created nor
+        cleaned of unfinished saves (a run may be writing one), and :meth:`save` is refused.
     """
 
-    def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        every: int,
+        keep: int,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         for name, value in (("every", every), ("keep", keep)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"checkpoint.{name} must be an int >= 1, got {value!r}.")
@@ -103,9 +113,11 @@ class Checkpointer:
             max_to_keep=keep,
             save_interval_steps=every,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
+        self.read_only = read_only
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -151,6 +163,8 @@ class Checkpointer:
           True if a save was started; False if the step is not due, or a checkpoint for this or
           a later step already exists (e.g. a stop request right after a scheduled save).
         """
+        if self.read_only:
+            raise RuntimeError(f"Checkpointer({self.directory!r}) is read-only; it cannot save.")
         record = _encode_data_state(data_state)
         if not (force or self.should_save(step)):
             return False
@@ -216,6 +230,9 @@ class Checkpointer:
 # Keys that may differ between the stored config and a resumed run's: extending the run, changing
 # how it is logged, and how many checkpoints are kept change no result of the steps already done.
 RESUMABLE_KEYS: tuple[str, ...] = ("train.steps", "log.*", "checkpoint.keep")
+# Keys that may differ when a checkpoint is only evaluated (``python -m giftjax.eval``): those of
+# a resume, plus how the evaluation itself runs (which steps, k, how many prompts).
+EVAL_KEYS: tuple[str, ...] = (*RESUMABLE_KEYS, "eval.*", "data.eval_size")
 
 _MISSING = object()
 
@@ -289,7 +306,11 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 
 def check_config(
-    workdir: str, config: Mapping[str, Any], *, allow: Sequence[str] = RESUMABLE_KEYS
+    workdir: str,
+    config: Mapping[str, Any],
+    *,
+    allow: Sequence[str] = RESUMABLE_KEYS,
+    write: bool = True,
 ) -> None:
     """Write ``WORKDIR/config.json`` on the first run; on a resume, refuse a changed config.
 
@@ -302,15 +323,20 @@ def check_config(
       workdir: the run's directory (created if missing).
       config: the resolved config, a (nested) dict or ``ml_collections.ConfigDict``.
       allow: dotted keys that may change on resume; ``prefix.*`` allows a whole subtree.
+      write: False only compares (evaluation): config.json is neither written nor updated, and
+        a workdir without one is an error.
 
     Raises:
       ValueError: the stored config differs in a key outside ``allow``; the message lists each
         differing key as a dotted path with its old and new value (or added / removed).
+      FileNotFoundError: ``write=False`` and the workdir holds no config.json.
     """
     path = os.path.join(workdir, "config.json")
     new = _normalise(config)
-    is_main = jax.process_index() == 0
+    is_main = jax.process_index() == 0 and write
     if not os.path.exists(path):
+        if not write:
+            raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a run's workdir.")
         if is_main:
             os.makedirs(workdir, exist_ok=True)
             _write_json_atomic(path, new)

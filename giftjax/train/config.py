@@ -13,7 +13,8 @@ Sections (see the README's "Config keys" table for each key's meaning):
 - ``model``: a preset name or a local Hugging Face checkpoint, dtypes, remat, tokenizer.
 - ``mesh``: axis sizes over ``("data", "fsdp", "tensor")`` (-1 takes the rest) and the
   logical-axis rules table.
-- ``data``: the prompt source (``synthetic`` or ``jsonl``), its fields, the prompt template.
+- ``data``: the prompt source (``synthetic``, ``jsonl``, ``gsm8k`` or ``math500``), its
+  fields, the instruction appended to each prompt, the prompt template.
 - ``reward``: reward name -> weight, the time limit of each call, the worker pool.
 - ``rollout``: P prompts per step, G samples per prompt, sampling settings.
 - ``algo``: the algorithm name (which picks the loss and the loop), the reference policy,
@@ -36,7 +37,12 @@ OFFLINE_ALGOS = ("dpo", "sft")  # train on their own data, no rollout
 GRPO_FAMILY = ("grpo", "dapo", "dr_grpo", "gspo")
 REFERENCES = ("old", "initial")
 SCHEDULES = ("constant", "cosine", "linear")
-DATA_SOURCES = ("synthetic", "jsonl")
+DATA_SOURCES = ("synthetic", "jsonl", "gsm8k", "math500")
+FILE_SOURCES = ("jsonl", "gsm8k", "math500")  # read data.path (and data.eval_path)
+# The standard instructions (data.instruction) of the GSM8K and MATH recipes: they ask for the
+# final-answer format the gsm8k and math rewards read.
+GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 TEMPLATES = ("plain", "chat")
 EXECUTORS = ("thread", "process")
 DTYPES = ("float32", "bfloat16")
@@ -80,13 +86,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"
     c.data.kind = "add"  # the synthetic task's kind
-    c.data.path = ""  # the JSONL file for source="jsonl"
-    c.data.eval_path = ""  # held-out JSONL file (empty: no held-out eval for jsonl)
+    c.data.path = ""  # the JSONL file for source="jsonl", "gsm8k" or "math500" (train split)
+    c.data.eval_path = ""  # held-out JSONL file (empty: no held-out eval for these sources)
     c.data.prompt_field = "prompt"
     c.data.answer_field = "answer"
     c.data.demonstration_field = ""  # JSONL field with a full response (sft/hybrid)
     c.data.template = "plain"  # or "chat": the tokenizer's chat template
     c.data.system = ""  # system message for the chat template
+    c.data.instruction = ""  # appended to every prompt after a space ("": none)
     c.data.train_size = 100_000  # synthetic rows per split
     c.data.eval_size = 64  # held-out prompts evaluated
     c.data.max_prompt_len = 32  # prompts are left-padded to this many tokens
@@ -237,8 +244,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     _choice("algo.gift.preset", c.algo.gift.preset, ("", "author"))
     if not c.model.hf_path and not c.model.preset:
         raise ConfigError("config.model.preset is empty and config.model.hf_path is not set.")
-    if c.data.source == "jsonl" and not c.data.path:
-        raise ConfigError("config.data.source='jsonl' needs config.data.path (a .jsonl file).")
+    if c.data.source in FILE_SOURCES and not c.data.path:
+        raise ConfigError(
+            f"config.data.source={c.data.source!r} needs config.data.path (a local .jsonl file "
+            "of the training split)."
+        )
 
     r = c.rollout
     for key in ("prompts_per_step", "group_size", "max_new_tokens"):

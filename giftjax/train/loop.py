@@ -74,12 +74,23 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
 
 
 class Trainer:
-    """Holds a run's parts; ``run()`` trains to ``total_steps`` and returns the last metrics."""
+    """Holds a run's parts; ``run()`` trains to ``total_steps`` and returns the last metrics.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    Args:
+      config: the run's config (validated here).
+      workdir: the run's directory; a training run resumes from its newest checkpoint.
+      read_only: open an existing run for evaluation only (``python -m giftjax.eval``):
+        config.json must exist and may differ only in ``checkpoint.EVAL_KEYS``; nothing is
+        written (no config.json, metrics, data iterator or reward error log) and no checkpoint
+        is restored until :meth:`restore` is called. :meth:`run` is refused.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, read_only: bool = False):
         self.config = config
         self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            os.makedirs(workdir, exist_ok=True)
         config_lib.validate(config, num_devices=jax.device_count())
         c = config
         self.is_main = jax.process_index() == 0
@@ -154,8 +165,24 @@ class Trainer:
             every=c.checkpoint.every,
             keep=c.checkpoint.keep,
             async_save=c.checkpoint.async_save,
+            read_only=read_only,
         )
-        ckpt_lib.check_config(workdir, config_lib.to_dict(c))
+        allow = ckpt_lib.EVAL_KEYS if read_only else ckpt_lib.RESUMABLE_KEYS
+        ckpt_lib.check_config(workdir, config_lib.to_dict(c), allow=allow, write=not read_only)
+        self.base_key = jax.random.wrap_key_data(jax.device_get(self.state.rng))
+        self.start_step = 0
+        writes_log = self.is_main and not read_only
+        self.runner = rewards.RewardRunner(
+            dict(c.reward.weights),
+            time_limit=c.reward.time_limit,
+            workers=c.reward.workers,
+            executor=c.reward.executor,
+            error_log=os.path.join(workdir, "reward_errors.jsonl") if writes_log else None,
+        )
+        self.data = None
+        self.logger = None
+        if read_only:
+            return
         self.data = data_lib.prompt_iterator(
             data_lib.prompt_dataset(
                 self.train_source,
@@ -165,21 +192,12 @@ class Trainer:
                 shard_count=jax.process_count(),
             )
         )
-        self.start_step = 0
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            abstract = state_lib.abstract_state(self.state, self.state_sharding)
-            self.state, data_state = self.checkpointer.restore(latest, abstract)
+            data_state = self.restore(latest)
             if data_state is not None:
                 self.data.set_state(data_state)
             self.start_step = latest
-        self.runner = rewards.RewardRunner(
-            dict(c.reward.weights),
-            time_limit=c.reward.time_limit,
-            workers=c.reward.workers,
-            executor=c.reward.executor,
-            error_log=os.path.join(workdir, "reward_errors.jsonl") if self.is_main else None,
-        )
         self.logger = MetricsLogger(
             workdir,
             total_steps=self.total_steps,
@@ -191,7 +209,15 @@ class Trainer:
         )
         if latest is not None:
             self.logger.resume(latest)
+
+    def restore(self, step: int) -> Any:
+        """Loads checkpoint ``step`` into the state (and the base key from it); returns the
+        data iterator's state stored with it. A missing step raises FileNotFoundError listing
+        the finished ones."""
+        abstract = state_lib.abstract_state(self.state, self.state_sharding)
+        self.state, data_state = self.checkpointer.restore(step, abstract)
         self.base_key = jax.random.wrap_key_data(jax.device_get(self.state.rng))
+        return data_state
 
     # --------------------------------------------------------------------------------------
 
@@ -210,6 +236,8 @@ class Trainer:
     def run(self) -> dict[str, float]:
         """Trains from the newest checkpoint (or the start) to the end; returns the last
         logged metrics. Stops early, after saving, on SIGTERM/SIGINT."""
+        if self.read_only:
+            raise RuntimeError("this Trainer was opened read_only (evaluation); it cannot train.")
         c = self.config
         last: dict[str, float] = {}
         if self.start_step >= self.total_steps:
@@ -221,7 +249,7 @@ class Trainer:
                 metrics = self.step(step)
                 done = step + 1
                 if (c.eval.every and done % c.eval.every == 0) or done == self.total_steps:
-                    metrics.update(self._evaluate(done))
+                    metrics.update(self.evaluate(done))
                 if done % c.log.every == 0 or done == self.total_steps:
                     self.logger.log(done, metrics)
                     last = {"step": done, **metrics}
@@ -261,7 +289,8 @@ class Trainer:
     def close(self) -> None:
         self.checkpointer.wait()
         self.checkpointer.close()
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
         self.runner.close()
 
     # --------------------------------------------------------------------------------------
@@ -402,7 +431,10 @@ class Trainer:
                 rows.append(row)
         self.logger.log_samples(step, rows)
 
-    def _evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The ``eval/...`` metrics of the current parameters as the run logs them at ``step``
+        (the state after ``step`` steps), with that step's evaluation key
+        ``fold_in(fold_in(base_key, step), 1)``."""
         return eval_lib.evaluate(
             self.graphdef,
             self.state.params,

@@ -64,13 +64,16 @@ class Rollout:
 def render_prompts(
     tokenizer: Any, rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
 ) -> list[str]:
-    """The prompt text of each data row through ``data.template``."""
+    """The prompt text of each data row, ``prompt + " " + data.instruction`` (the prompt alone
+    when the instruction is empty), through ``data.template``."""
+    suffix = f" {config.data.instruction}" if config.data.instruction else ""
     return [
         data_lib.render_prompt(
             tokenizer,
             row["prompt"],
             template=config.data.template,
             system=config.data.system or None,
+            suffix=suffix,
         )
         for row in rows
     ]

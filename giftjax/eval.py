@@ -1,0 +1,130 @@
+"""Evaluate one checkpoint: ``python -m giftjax.eval --config=configs/NAME.py --workdir=DIR``.
+
+Builds the run's parts as the trainer does (:class:`giftjax.train.loop.Trainer`, opened
+read-only), restores checkpoint ``--step`` (default: the newest), runs
+:func:`giftjax.train.evaluate.evaluate` with the key the training loop uses at that step
+(``fold_in(fold_in(base_key, step), 1)``), prints the ``eval/...`` metrics as a table and
+writes them to ``DIR/eval_step_N.json``. The numbers therefore equal the ``eval/...`` row the
+run logged at that step (when it evaluated there), and two evaluations of the same step agree.
+
+Nothing of the run is modified (metrics.jsonl, config.json, checkpoints). The config must be
+the run's own; it may differ only in keys that leave the trained weights alone
+(``giftjax.train.checkpoint.EVAL_KEYS``: ``eval.*``, ``data.eval_size``, ``log.*``,
+``train.steps``, ``checkpoint.keep``), e.g. ``--config.data.eval_size=500``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from giftjax.runtime import quiet_accelerator_probes
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to the run's config file (configs/*.py), optionally ':variant'.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: newest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def output_path(workdir: str, step: int) -> str:
+    """Where the metrics of ``step`` are written: ``WORKDIR/eval_step_<step>.json``."""
+    return os.path.join(workdir, f"eval_step_{step}.json")
+
+
+def format_table(step: int, metrics: Mapping[str, float]) -> str:
+    """The metrics as a two-column text table, keys sorted, values to 4 significant digits."""
+    if not metrics:
+        return f"step {step}: no evaluation split (set data.eval_path, or data.eval_size > 0)"
+    width = max(len(k) for k in metrics)
+    lines = [f"{'step':<{width}}  {step}"]
+    lines += [f"{k:<{width}}  {metrics[k]:.4g}" for k in sorted(metrics)]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[int, dict]:
+    """Evaluates checkpoint ``step`` of the run in ``workdir`` (None: the newest).
+
+    Returns:
+      ``(step, metrics)`` with the ``eval/...`` metrics; also written to
+      :func:`output_path` (by process 0).
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no config.json or no finished checkpoint, or none
+        for ``step`` (the message lists the finished steps).
+      ValueError: the config differs from the run's in a key outside ``EVAL_KEYS``.
+    """
+    import jax
+
+    from giftjax.train import loop
+
+    folder = os.path.join(workdir, "checkpoints")
+    steps = _finished_steps(folder)
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {folder}.")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(
+            f"--step={step}: no finished checkpoint for it in {folder}; finished steps: {steps}."
+        )
+    trainer = loop.Trainer(config, workdir, read_only=True)
+    try:
+        trainer.restore(step)
+        metrics = trainer.evaluate(step)
+    finally:
+        trainer.close()
+    if jax.process_index() == 0:
+        path = output_path(workdir, step)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"step": step, **metrics}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    return step, metrics
+
+
+def _finished_steps(folder: str) -> list[int]:
+    if not os.path.isdir(folder):
+        return []
+    import orbax.checkpoint as ocp
+
+    return sorted(ocp.utils.checkpoint_steps(folder))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.getLogger("giftjax").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    from giftjax.train.config import ConfigError
+
+    try:
+        step, metrics = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(format_table(step, metrics))
+    print(f"written: {output_path(_WORKDIR.value, step)}")
+
+
+def run() -> None:
+    """Entry point (also used by ``python -m giftjax.eval``)."""
+    quiet_accelerator_probes()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
