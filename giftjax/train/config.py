@@ -311,20 +311,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
                 f"(data*fsdp = {data_ways}); change config.rollout.prompts_per_step, "
                 f"config.rollout.group_size, config.train.micro_batches or config.mesh."
             )
-    else:
+    if c.algo.name in OFFLINE_ALGOS or c.algo.name == "hybrid" or c.train.warmup_sft_steps:
+        # Demonstration / preference batches: P rows, placed over the data axes.
         p = r.prompts_per_step
         if p % k or (p // k) % data_ways:
             raise ConfigError(
-                f"config.rollout.prompts_per_step={p} (the {c.algo.name} batch) must split into "
-                f"config.train.micro_batches={k} micro-batches each divisible by the mesh's data "
-                f"axes (data*fsdp = {data_ways})."
-            )
-    if c.train.warmup_sft_steps or c.algo.name == "hybrid":
-        if r.prompts_per_step % k or (r.prompts_per_step // k) % data_ways:
-            raise ConfigError(
-                f"demonstration batches of config.rollout.prompts_per_step="
-                f"{r.prompts_per_step} rows must split into config.train.micro_batches={k} "
-                f"micro-batches divisible by the mesh's data axes ({data_ways})."
+                f"config.rollout.prompts_per_step={p} (the rows of a demonstration batch) must "
+                f"split into config.train.micro_batches={k} micro-batches each divisible by the "
+                f"mesh's data axes (data*fsdp = {data_ways})."
             )
     if c.algo.name == "hybrid":
         _choice("algo.gac.mode", c.algo.gac.mode, ("adaptive", "fixed", "prior"))

@@ -357,10 +357,8 @@ class Trainer:
             batch["old_logps"] = self.logps(self.state.params, ro.tokens, ro.attn_mask)
         if self.needs_ref:
             batch["ref_logps"] = self.logps(self.state.ref_params, ro.tokens, ro.attn_mask)
-        elif self.rl_name == "gift" and self.needs_old:
+        elif self.needs_old and (self.rl_name == "gift" or step_lib.uses_kl(c, self.rl_name)):
             batch["ref_logps"] = batch["old_logps"]  # reference "old": pi_old
-        elif step_lib.uses_kl(c, self.rl_name) and self.needs_old:
-            batch["ref_logps"] = batch["old_logps"]
         jax.block_until_ready(batch)
         t_ref = time.perf_counter() - t_ref
 
