@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from giftjax.data.records import to_record
+
 __all__ = ["JsonlSource"]
 
 
@@ -73,39 +75,13 @@ class JsonlSource(Sequence):
             raise ValueError(
                 f"{self._where(line_no)}: invalid JSON ({e.msg} at column {e.colno})."
             ) from None
-        if not isinstance(row, dict):
-            raise ValueError(
-                f"{self._where(line_no)}: expected a JSON object; found {type(row).__name__}."
-            )
-        wanted = [
-            self.prompt_field,
-            *([self.answer_field] if self.answer_field else []),
-            *self.extra_fields,
-        ]
-        missing = [k for k in wanted if k not in row]
-        if missing:
-            raise ValueError(
-                f"{self._where(line_no)}: missing field(s) {missing}; the row has {sorted(row)} "
-                "(choose the fields with data.prompt_field / data.answer_field)."
-            )
-        prompt = row[self.prompt_field]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(
-                f"{self._where(line_no)}: prompt field {self.prompt_field!r} must be a non-empty "
-                f"string; found {prompt!r}."
-            )
-        record = {"prompt": prompt}
-        if self.answer_field:
-            answer = row[self.answer_field]
-            if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-                raise ValueError(
-                    f"{self._where(line_no)}: answer field {self.answer_field!r} must be a "
-                    f"string or a number; found {type(answer).__name__}."
-                )
-            record["answer"] = answer if isinstance(answer, str) else str(answer)
-        for k in self.extra_fields:
-            record[k] = row[k]
-        return record
+        return to_record(
+            row,
+            self._where(line_no),
+            prompt_field=self.prompt_field,
+            answer_field=self.answer_field,
+            extra_fields=self.extra_fields,
+        )
 
     def __len__(self) -> int:
         return len(self._records)
