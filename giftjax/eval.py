@@ -46,7 +46,10 @@ def output_path(workdir: str, step: int) -> str:
 def format_table(step: int, metrics: Mapping[str, float]) -> str:
     """The metrics as a two-column text table, keys sorted, values to 4 significant digits."""
     if not metrics:
-        return f"step {step}: no evaluation split (set data.eval_path, or data.eval_size > 0)"
+        return (
+            f"step {step}: no evaluation split (set data.eval_path, data.tfds_eval_split, "
+            "or data.eval_size > 0)"
+        )
     width = max(len(k) for k in metrics)
     lines = [f"{'step':<{width}}  {step}"]
     lines += [f"{k:<{width}}  {metrics[k]:.4g}" for k in sorted(metrics)]

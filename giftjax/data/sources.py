@@ -2,15 +2,19 @@
 
 Keys read (others are ignored here; the trainer validates the whole config):
 
-- `data.source`: one of `SOURCES` ("synthetic", "jsonl", "gsm8k", "math500").
+- `data.source`: one of `SOURCES` ("synthetic", "jsonl", "parquet", "gsm8k", "math500",
+  "tfds").
 - synthetic: `data.kind` (a name in `giftjax.data.KINDS`), `data.train_size`,
   `data.eval_size`; the eval split is the task's held-out split.
-- jsonl: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
+- jsonl, parquet: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
   "prompt"), `data.answer_field` (default "answer").
 - gsm8k, math500: local copies of the public data sets in their published JSONL layout,
   `data.path` (train) and `data.eval_path` (eval); the fields are fixed (`NAMED_FIELDS`):
   GSM8K `question` -> prompt, `answer` (the full solution ending in `#### N`, which the
   `gsm8k` reward reads) -> answer; MATH-500 `problem` -> prompt, `answer` -> answer.
+- tfds: GSM8K or MATH-500 as written by `python -m giftjax.data.prepare NAME --out DIR`:
+  `data.path` (DIR), `data.tfds_name` ("gsm8k" or "math500"), `data.tfds_split` (train) and
+  `data.tfds_eval_split` (eval); the same records as the JSONL sources of that name.
 
 `data.template` is not read here: the prompt text is rendered later (`render_prompt`).
 """
@@ -20,13 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 from giftjax.data.jsonl import JsonlSource
+from giftjax.data.parquet import ParquetSource
+from giftjax.data.published import DATASETS
 from giftjax.data.synthetic import SyntheticTask
+from giftjax.data.tfds_source import TfdsSource
 
 __all__ = ["NAMED_FIELDS", "SOURCES", "get_source"]
 
-SOURCES = ("synthetic", "jsonl", "gsm8k", "math500")
+SOURCES = ("synthetic", "jsonl", "parquet", "gsm8k", "math500", "tfds")
 # The JSONL sources with a known layout: name -> (prompt field, answer field).
-NAMED_FIELDS = {"gsm8k": ("question", "answer"), "math500": ("problem", "answer")}
+NAMED_FIELDS = {name: (d.prompt_field, d.answer_field) for name, d in DATASETS.items()}
 _SPLITS = ("train", "eval")
 
 
@@ -51,11 +58,13 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
       seed: the synthetic task's seed (usually the config's top-level `seed`).
 
     Returns:
-      A `SyntheticTask` or a `JsonlSource` yielding `{"prompt", "answer", ...}` records.
+      A `SyntheticTask`, `JsonlSource`, `ParquetSource` or `TfdsSource` yielding
+      `{"prompt", "answer", ...}` records.
 
     Raises:
       ValueError: an unknown source or split, or a key the source needs is unset.
-      FileNotFoundError: a JSONL file (jsonl, gsm8k, math500) does not exist.
+      FileNotFoundError: a file (jsonl, parquet, gsm8k, math500) does not exist, or the
+        prepared TFDS data set (tfds) is missing (the message gives the command to run).
     """
     if split not in _SPLITS:
         raise ValueError(f"split={split!r}; expected one of {_SPLITS}.")
@@ -69,7 +78,15 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
             size=_get(config_data, size_key, needed_by=needed_by),
             seed=seed,
         )
-    if source == "jsonl" or source in NAMED_FIELDS:
+    if source == "tfds":
+        split_key = "tfds_split" if split == "train" else "tfds_eval_split"
+        names = f"{needed_by}, one of {sorted(DATASETS)}"
+        return TfdsSource(
+            _get(config_data, "path", needed_by=needed_by),
+            name=_get(config_data, "tfds_name", needed_by=names),
+            split=_get(config_data, split_key, needed_by=needed_by),
+        )
+    if source in ("jsonl", "parquet") or source in NAMED_FIELDS:
         path = _get(config_data, "path" if split == "train" else "eval_path", needed_by=needed_by)
         demo = _get(config_data, "demonstration_field", "")
         if source in NAMED_FIELDS:
@@ -77,7 +94,8 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
         else:
             prompt_field = _get(config_data, "prompt_field", "prompt")
             answer_field = _get(config_data, "answer_field", "answer")
-        return JsonlSource(
+        reader = ParquetSource if source == "parquet" else JsonlSource
+        return reader(
             path,
             prompt_field=prompt_field,
             answer_field=answer_field,

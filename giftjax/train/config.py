@@ -13,8 +13,9 @@ Sections (see the README's "Config keys" table for each key's meaning):
 - ``model``: a preset name or a local Hugging Face checkpoint, dtypes, remat, tokenizer.
 - ``mesh``: axis sizes over ``("data", "fsdp", "tensor")`` (-1 takes the rest) and the
   logical-axis rules table.
-- ``data``: the prompt source (``synthetic``, ``jsonl``, ``gsm8k`` or ``math500``), its
-  fields, the instruction appended to each prompt, the prompt template.
+- ``data``: the prompt source (``synthetic``, ``jsonl``, ``parquet``, ``gsm8k``,
+  ``math500`` or ``tfds``), its fields, the instruction appended to each prompt, the prompt
+  template.
 - ``reward``: reward name -> weight, the time limit of each call, the worker pool.
 - ``rollout``: P prompts per step, G samples per prompt, sampling settings.
 - ``algo``: the algorithm name (which picks the loss and the loop), the reference policy,
@@ -37,8 +38,10 @@ OFFLINE_ALGOS = ("dpo", "sft")  # train on their own data, no rollout
 GRPO_FAMILY = ("grpo", "dapo", "dr_grpo", "gspo")
 REFERENCES = ("old", "initial")
 SCHEDULES = ("constant", "cosine", "linear")
-DATA_SOURCES = ("synthetic", "jsonl", "gsm8k", "math500")
-FILE_SOURCES = ("jsonl", "gsm8k", "math500")  # read data.path (and data.eval_path)
+DATA_SOURCES = ("synthetic", "jsonl", "parquet", "gsm8k", "math500", "tfds")
+# The sources that read the file data.path (and data.eval_path).
+FILE_SOURCES = ("jsonl", "parquet", "gsm8k", "math500")
+TFDS_NAMES = ("gsm8k", "math500")  # data.tfds_name: giftjax.data.published.DATASETS
 # The standard instructions (data.instruction) of the GSM8K and MATH recipes: they ask for the
 # final-answer format the gsm8k and math rewards read.
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
@@ -86,8 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"
     c.data.kind = "add"  # the synthetic task's kind
-    c.data.path = ""  # the JSONL file for source="jsonl", "gsm8k" or "math500" (train split)
-    c.data.eval_path = ""  # held-out JSONL file (empty: no held-out eval for these sources)
+    # The file of the train split for source="jsonl", "parquet", "gsm8k" or "math500"; for
+    # source="tfds" the folder written by `python -m giftjax.data.prepare NAME --out DIR`.
+    c.data.path = ""
+    c.data.eval_path = ""  # held-out file (empty: no held-out eval for these sources)
+    c.data.tfds_name = "gsm8k"  # source="tfds": the prepared data set, one of TFDS_NAMES
+    c.data.tfds_split = "train"  # source="tfds": the split trained on
+    c.data.tfds_eval_split = ""  # source="tfds": the held-out split ("": no held-out eval)
     c.data.prompt_field = "prompt"
     c.data.answer_field = "answer"
     c.data.demonstration_field = ""  # JSONL field with a full response (sft/hybrid)
@@ -227,6 +235,24 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
     return sizes
 
 
+def _validate_tfds(data: ml_collections.ConfigDict) -> None:
+    """The keys of data.source="tfds" (the folder itself is checked when the source is built)."""
+    _choice("data.tfds_name", data.tfds_name, TFDS_NAMES)
+    if not data.path:
+        raise ConfigError(
+            "config.data.source='tfds' needs config.data.path: the folder written by "
+            f"`python -m giftjax.data.prepare {data.tfds_name} --out DIR` (DIR)."
+        )
+    if not data.tfds_split:
+        raise ConfigError("config.data.tfds_split is empty; name the split to train on.")
+    if data.demonstration_field:
+        raise ConfigError(
+            f"config.data.demonstration_field={data.demonstration_field!r} is not available "
+            "with config.data.source='tfds' (its records hold a prompt and an answer); use "
+            "source='jsonl' or 'parquet' for demonstrations."
+        )
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Checks every value types cannot; raises ConfigError naming the key and the fix."""
     c = config
@@ -245,10 +271,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     if not c.model.hf_path and not c.model.preset:
         raise ConfigError("config.model.preset is empty and config.model.hf_path is not set.")
     if c.data.source in FILE_SOURCES and not c.data.path:
+        kind = "parquet" if c.data.source == "parquet" else "jsonl"
         raise ConfigError(
-            f"config.data.source={c.data.source!r} needs config.data.path (a local .jsonl file "
+            f"config.data.source={c.data.source!r} needs config.data.path (a local .{kind} file "
             "of the training split)."
         )
+    if c.data.source == "tfds":
+        _validate_tfds(c.data)
 
     r = c.rollout
     for key in ("prompts_per_step", "group_size", "max_new_tokens"):

@@ -36,15 +36,16 @@ def sources(config_data: ml_collections.ConfigDict, *, seed: int) -> tuple[Any, 
     """The training source and the evaluation sources (name -> random-access rows).
 
     The synthetic task is evaluated on its ``train`` range and on its ``heldout`` range (drawn
-    from a disjoint range, so the gap measures generalisation); a JSONL source on
-    ``data.eval_path`` when it is set (``heldout``).
+    from a disjoint range, so the gap measures generalisation); a file source on
+    ``data.eval_path``, or a TFDS source on ``data.tfds_eval_split``, when it is set
+    (``heldout``).
     """
     train = data_lib.get_source(config_data, split="train", seed=seed)
     evals: dict[str, Any] = {}
     if config_data.source == "synthetic":
         evals["train"] = train
         evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
-    elif config_data.eval_path:
+    elif config_data.tfds_eval_split if config_data.source == "tfds" else config_data.eval_path:
         evals["heldout"] = data_lib.get_source(config_data, split="eval", seed=seed)
     return train, evals
 
