@@ -39,10 +39,15 @@ EXTRAS = {
         "ruff==0.17.6",
         "torch==2.13.0",
         "libtpu==0.0.42.1",  # ahead-of-time TPU compiles on a CPU machine
+        # The data tests: TFDS builders/array_record (no TensorFlow) and the Parquet source.
+        "tensorflow-datasets>=4.9.10",
+        "pyarrow>=14",
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
-    "data": ["tensorflow-datasets>=4.9"],
+    # giftjax.data: data.source="tfds" and python -m giftjax.data.prepare (TFDS builders writing
+    # array_record, read back without TensorFlow), and data.source="parquet" (pyarrow).
+    "data": ["tensorflow-datasets>=4.9.10", "pyarrow>=14"],
     # benchmarks/tunix_baseline.py (rl_step.py --baseline tunix); tunix pins safetensors<0.8,
     # so pip may downgrade safetensors/transformers/tokenizers in an existing environment.
     "bench": ["google-tunix==0.1.7"],

@@ -57,7 +57,7 @@ def fetch(url: str, path: str) -> None:
                 total=int(size) if size else None,
                 unit="B",
                 unit_scale=True,
-                desc=f"fetch {os.path.basename(path)}",
+                desc=f"fetch {url.rsplit('/', 1)[-1]}",
                 file=sys.stderr,
             ) as bar:
                 while chunk := response.read(_CHUNK):

@@ -41,7 +41,6 @@ SCHEDULES = ("constant", "cosine", "linear")
 DATA_SOURCES = ("synthetic", "jsonl", "parquet", "gsm8k", "math500", "tfds")
 # The sources that read the file data.path (and data.eval_path).
 FILE_SOURCES = ("jsonl", "parquet", "gsm8k", "math500")
-TFDS_NAMES = ("gsm8k", "math500")  # data.tfds_name: giftjax.data.published.DATASETS
 # The standard instructions (data.instruction) of the GSM8K and MATH recipes: they ask for the
 # final-answer format the gsm8k and math rewards read.
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
@@ -93,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     # source="tfds" the folder written by `python -m giftjax.data.prepare NAME --out DIR`.
     c.data.path = ""
     c.data.eval_path = ""  # held-out file (empty: no held-out eval for these sources)
-    c.data.tfds_name = "gsm8k"  # source="tfds": the prepared data set, one of TFDS_NAMES
+    c.data.tfds_name = "gsm8k"  # source="tfds": the prepared data set, "gsm8k" or "math500"
     c.data.tfds_split = "train"  # source="tfds": the split trained on
     c.data.tfds_eval_split = ""  # source="tfds": the held-out split ("": no held-out eval)
     c.data.prompt_field = "prompt"
@@ -237,14 +236,18 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
 
 def _validate_tfds(data: ml_collections.ConfigDict) -> None:
     """The keys of data.source="tfds" (the folder itself is checked when the source is built)."""
-    _choice("data.tfds_name", data.tfds_name, TFDS_NAMES)
+    # Imported here: giftjax.data (grain, tokenizers) costs seconds, and only tfds needs it.
+    from giftjax.data import published
+
+    _choice("data.tfds_name", data.tfds_name, sorted(published.DATASETS))
+    splits = published.DATASETS[data.tfds_name].splits
+    _choice("data.tfds_split", data.tfds_split, splits)
+    _choice("data.tfds_eval_split", data.tfds_eval_split, ("", *splits))
     if not data.path:
         raise ConfigError(
             "config.data.source='tfds' needs config.data.path: the folder written by "
             f"`python -m giftjax.data.prepare {data.tfds_name} --out DIR` (DIR)."
         )
-    if not data.tfds_split:
-        raise ConfigError("config.data.tfds_split is empty; name the split to train on.")
     if data.demonstration_field:
         raise ConfigError(
             f"config.data.demonstration_field={data.demonstration_field!r} is not available "
