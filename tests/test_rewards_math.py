@@ -364,3 +364,73 @@ def test_hostile_rows_do_not_spoil_a_batch(runner):
     want = [1.0 if i < len(rows) else 0.0 for i in order]
     assert result.total.tolist() == want
     assert result.errors <= 1  # only the tower may run past the limit (and be killed)
+
+
+# ----------------------------------------------------------------------------- a full batch
+
+BATCH = 1024
+WORKERS = os.cpu_count() or 1  # one worker per core of the host
+
+
+def batch_time_bound(late_calls: int, start_up: float) -> float:
+    """Wall-clock bound for one batch in which ``late_calls`` calls run past the limit.
+
+    Each late call (an exponent tower) holds a worker for ``TIME_LIMIT``, then the worker is
+    killed and a fresh one starts, which takes about ``start_up`` (the pool's own start-up,
+    measured in the same test: it is the import of sympy and math-verify, and depends on the
+    machine's load). In the worst case the late calls hold the whole pool one after another:
+    ``late * (TIME_LIMIT + start_up)``. Every other call is string code (the screen, the box
+    reader, the normalised-string shortcut: ~0.1 ms of reward code a row in
+    benchmarks/results/math_rewards.md, plus a pipe round trip: about 2,000 calls of well
+    under a millisecond spread over the workers), and all of them together get one more
+    ``TIME_LIMIT``.
+    """
+    return late_calls * (TIME_LIMIT + start_up) + TIME_LIMIT
+
+
+def hostile_batch(normal, golds, seed):
+    """``BATCH`` rows: the normal completions cycled, with each ``HOSTILE`` text at a random
+    place; returns the completions, their golds and which rows are hostile."""
+    import random
+
+    completions = [normal[i % len(normal)] for i in range(BATCH - len(HOSTILE))]
+    refs = [golds[i % len(golds)] for i in range(BATCH - len(HOSTILE))]
+    is_hostile = [False] * len(completions)
+    rng = random.Random(seed)
+    for text in HOSTILE.values():
+        at = rng.randrange(len(completions) + 1)
+        completions.insert(at, text)
+        refs.insert(at, "5")
+        is_hostile.insert(at, True)
+    return completions, refs, is_hostile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("reward", "path", "field"),
+    [("math", MATH500_EXCERPT, "solution"), ("gsm8k", GSM8K_EXCERPT, "answer")],
+)
+def test_batch_of_1024_across_the_cores(reward, path, field):
+    """1024 completions, the ``HOSTILE`` ones among them, scored by ``reward`` and ``format``
+    on one worker process per core: the normal rows score 1 on both, the hostile ones 0 on
+    ``reward``, and the batch ends within :func:`batch_time_bound`."""
+    rows = read_jsonl(path)
+    golds = [row["answer"] for row in rows]
+    completions, refs, is_hostile = hostile_batch([row[field] for row in rows], golds, seed=7)
+    begin = time.monotonic()
+    with rewards.RewardRunner(
+        {reward: 1.0, "format": 0.1}, time_limit=TIME_LIMIT, workers=WORKERS, executor="process"
+    ) as run:
+        start_up = time.monotonic() - begin  # every worker has imported the rewards
+        start = time.monotonic()
+        result = run([""] * BATCH, completions, {"answer": refs})
+        elapsed = time.monotonic() - start
+    normal = [i for i in range(BATCH) if not is_hostile[i]]
+    hostile = [i for i in range(BATCH) if is_hostile[i]]
+    assert [result.per_fn[reward][i] for i in normal] == [1.0] * len(normal)
+    assert [result.per_fn["format"][i] for i in normal] == [1.0] * len(normal)
+    assert [result.per_fn[reward][i] for i in hostile] == [0.0] * len(HOSTILE)
+    late = 1 if reward == "math" else 0  # only the tower, and only under sympy (math)
+    assert result.errors <= late
+    bound = batch_time_bound(late, start_up)
+    assert elapsed < bound, f"{BATCH} rows in {elapsed:.2f} s; bound {bound:.2f} s"
