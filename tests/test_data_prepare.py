@@ -17,7 +17,7 @@ pytest.importorskip(
     "tensorflow_datasets", reason="tensorflow-datasets (the [data] and [test] extras) is absent"
 )
 
-from giftjax.data import JsonlSource, TfdsSource, get_source
+from giftjax.data import JsonlSource, TfdsSource, get_source, prompt_dataset
 from giftjax.data import prepare as prepare_lib
 from giftjax.data.published import DATASETS, tfds_folder
 from giftjax.train import config as config_lib
@@ -78,6 +78,9 @@ def test_prepare_from_local_files(tmp_path, capsys, name):
         assert len(tfds_rows) == len(want)
         assert list(tfds_rows) == list(jsonl_rows)
         assert tfds_rows[-1] == jsonl_rows[-1] and tfds_rows[1:3] == jsonl_rows[1:3]
+        # ... and the grain pipeline batches them alike.
+        batches = [prompt_dataset(rows, batch_size=4, seed=0) for rows in (tfds_rows, jsonl_rows)]
+        assert batches[0][0] == batches[1][0]
     assert os.path.isfile(os.path.join(tfds_folder(out, name), "dataset_info.json"))
     assert not (out / "tfds" / "downloads").exists()
 
