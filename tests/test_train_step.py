@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from precision import decoder_depth, reorder_atol
 
 from giftjax import losses, models, sharding
 from giftjax.models.presets import PRESETS
@@ -50,8 +51,10 @@ def _batch(seed: int = 0):
     rng = np.random.default_rng(seed)
     b = P * G
     tokens = rng.integers(1, V, (b, TP + M)).astype(np.int32)
+    tokens[:, :TP] = np.repeat(tokens[::G, :TP], G, axis=0)  # G responses to each prompt
     attn = np.ones((b, TP + M), np.int32)
     attn[:, :2] = 0  # left padding
+    attn[:G, 2] = 0  # the first prompt is shorter
     lengths = rng.integers(1, M + 1, b)
     resp = (np.arange(M)[None] < lengths[:, None]).astype(np.float32)
     attn[:, TP:] = resp.astype(np.int32)
@@ -146,3 +149,30 @@ def test_response_logps_match_full_logits(mesh):
     full = jax.nn.log_softmax(logits[:, TP - 1 : -1], axis=-1)
     want = np.take_along_axis(np.asarray(full), b["tokens"][:, TP:, None], axis=-1)[..., 0]
     np.testing.assert_allclose(np.asarray(lp), want, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prompt_logps_and_grads_match_full_rows(mesh):
+    """``group_size=G`` runs each prompt once (Decoder.shared_prefix_hidden): the log-probs
+    and their gradient equal the full-row computation's up to float32 reordering, bounded over
+    the decoder's chain of reductions (forward, and twice that for the backward pass)."""
+    model = _model(mesh)
+    graphdef, params = nnx.split(model)
+    b = sharding.shard_batch(_batch(3), mesh, "fsdp")
+
+    def total(p, g):
+        lp = step_lib.response_logps(
+            graphdef, p, b["tokens"], b["attn_mask"], prompt_len=TP, temperature=1.0,
+            mesh=mesh, rules="fsdp", group_size=g,
+        )  # fmt: skip
+        return jnp.sum(lp * b["resp_mask"]), lp
+
+    (_, full), g_full = jax.jit(jax.value_and_grad(lambda p: total(p, 1), has_aux=True))(params)
+    (_, shared), g_shared = jax.jit(jax.value_and_grad(lambda p: total(p, G), has_aux=True))(params)
+    depth = decoder_depth(model.config, TP + M)
+    logits = model(jnp.asarray(b["tokens"]), jnp.asarray(b["attn_mask"]))
+    atol = 2 * reorder_atol(float(np.abs(np.asarray(logits)).max()), depth)  # lse and target
+    real = np.asarray(b["resp_mask"]) > 0
+    np.testing.assert_allclose(np.asarray(shared)[real], np.asarray(full)[real], atol=atol)
+    for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_shared), strict=True):
+        a, c = np.ravel(a), np.ravel(c)
+        assert np.linalg.norm(c - a) <= reorder_atol(np.linalg.norm(a), 2 * depth)

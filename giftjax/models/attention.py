@@ -180,6 +180,48 @@ class Attention(nnx.Module):
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.config.head_dim**-0.5)
         return self._out(out, constrain)
 
+    def shared_prefix(
+        self,
+        xp: jax.Array,
+        xs: jax.Array,
+        rope_p: tuple[jax.Array, jax.Array],
+        rope_s: tuple[jax.Array, jax.Array],
+        mask_p: jax.Array,
+        mask_s: jax.Array,
+        *,
+        group_size: int,
+        constrain: Constrain = no_constraint,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Attention of rows that share a prefix in groups of G (no cache, one call).
+
+        Row i of the batch is prefix ``i // G`` followed by suffix i. The prefixes attend
+        over themselves; each suffix attends over its group's prefix keys/values (computed
+        once per group, repeated G times) and its own. Same result, up to float rounding, as
+        `__call__` on the concatenated rows.
+
+        Args:
+          xp: [P, Tp, D] prefix inputs, in the compute dtype.
+          xs: [P*G, Ts, D] suffix inputs.
+          rope_p, rope_s: (cos, sin) RoPE tables, [P, Tp, H] and [P*G, Ts, H].
+          mask_p: [P, 1, Tp, Tp] bool, the prefixes' causal mask.
+          mask_s: [P*G, 1, Ts, Tp+Ts] bool, the suffixes' mask over prefix then suffix keys.
+          group_size: G.
+          constrain: applies a sharding constraint by logical names to an activation.
+
+        Returns:
+          ([P, Tp, D], [P*G, Ts, D]).
+        """
+        scale = self.config.head_dim**-0.5
+        qp, kp, vp = self._qkv(xp, *rope_p, constrain)
+        qs, ks, vs = self._qkv(xs, *rope_s, constrain)
+        out_p = jax.nn.dot_product_attention(qp, kp, vp, mask=mask_p, scale=scale)
+        k_all = jnp.concatenate([jnp.repeat(kp, group_size, axis=0), ks], axis=1)
+        v_all = jnp.concatenate([jnp.repeat(vp, group_size, axis=0), vs], axis=1)
+        k_all = constrain(k_all, ("batch", "length", "kv_heads", "head_dim"))  # [P*G, Tp+Ts, K, H]
+        v_all = constrain(v_all, ("batch", "length", "kv_heads", "head_dim"))
+        out_s = jax.nn.dot_product_attention(qs, k_all, v_all, mask=mask_s, scale=scale)
+        return self._out(out_p, constrain), self._out(out_s, constrain)
+
     def extend(
         self,
         x: jax.Array,

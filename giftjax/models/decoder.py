@@ -178,6 +178,76 @@ class Decoder(nnx.Module):
         x, kv = self._run_layers_extend(x, cos, sin, attn_mask, (cache.k, cache.v), cache.index)
         return self._head(x, return_hidden), _advance(cache, kv, key_mask, mask)
 
+    def shared_prefix_hidden(
+        self,
+        prefix: jax.Array,
+        prefix_mask: jax.Array,
+        suffix: jax.Array,
+        suffix_mask: jax.Array,
+        *,
+        group_size: int,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Final hidden states of rows that share a prefix in groups, each prefix run once.
+
+        Row i is `prefix[i // G] ++ suffix[i]` (G = group_size, groups contiguous, as the G
+        samples of one prompt in an RL batch). The prefix tokens do not depend on what
+        follows them (causal attention), so they go through the layers once per group instead
+        of G times; the suffixes attend over their group's prefix keys/values. The result
+        equals, up to float rounding, `model(concat, concat_mask, return_hidden=True)` split
+        at Tp: positions, masks and attention are those of the concatenated rows. In the
+        trainer's log-prob passes (prompt Tp, response M, G samples) this saves
+        `(G - 1) / G * Tp / (Tp + M)` of the decoder body's work, forward and backward.
+
+        Args:
+          prefix: [P, Tp] int token ids (left-padded prompts).
+          prefix_mask: [P, Tp] bool/int, 1 for real tokens.
+          suffix: [P*G, Ts] int token ids (Ts >= 1).
+          suffix_mask: [P*G, Ts] bool/int, 1 for real tokens.
+          group_size: G >= 1.
+
+        Returns:
+          (prefix hidden [P, Tp, D], suffix hidden [P*G, Ts, D]), final-normed, compute dtype.
+        """
+        g = int(group_size)
+        p, tp = prefix.shape if prefix.ndim == 2 else (None, None)
+        if p is None or suffix.ndim != 2 or suffix.shape[0] != p * g or g < 1:
+            raise ValueError(
+                f"prefix must be [P, Tp] and suffix [P*G, Ts] with G = group_size = "
+                f"{group_size}; received {prefix.shape} and {suffix.shape}."
+            )
+        pmask = self._check_inputs(prefix, prefix_mask, None)  # [P, Tp]
+        smask = self._check_inputs(suffix, suffix_mask, None)  # [P*G, Ts]
+        ts = suffix.shape[1]
+        key_mask_s = jnp.concatenate([jnp.repeat(pmask, g, axis=0), smask], axis=1)
+        mask_p = _causal_mask(pmask, 0, tp)  # [P, 1, Tp, Tp]
+        mask_s = _causal_mask(key_mask_s, tp, ts)  # [P*G, 1, Ts, Tp+Ts]
+        prefix_len = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)  # [P*G]
+        xp, cos_p, sin_p = self._embed(prefix, jnp.maximum(_offsets(pmask), 0))
+        pos_s = jnp.maximum(prefix_len[:, None] + _offsets(smask), 0)  # [P*G, Ts]
+        xs, cos_s, sin_s = self._embed(suffix, pos_s)
+        constrain = self._layer_constrain()
+
+        def layer(block, xp, xs):
+            return block.shared_prefix(
+                xp, xs, (cos_p, sin_p), (cos_s, sin_s), mask_p, mask_s,
+                group_size=g, constrain=constrain,
+            )  # fmt: skip
+
+        layer = self._remat(layer)
+
+        def body(carry, block):
+            return layer(block, *carry)
+
+        scan = nnx.scan(
+            body,
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata=_LAYERS,
+            graph=False,
+        )
+        xp, xs = scan((xp, xs), self.layers)
+        return self.final_norm(xp), self.final_norm(xs)
+
     def decode_step(
         self,
         tokens: jax.Array,

@@ -91,6 +91,21 @@ class Block(nnx.Module):
         h = self.attn(self.input_norm(x), cos, sin, mask, constrain=constrain)
         return self._finish(x, h, constrain)
 
+    def shared_prefix(self, xp, xs, rope_p, rope_s, mask_p, mask_s, *, group_size, constrain):
+        """Prefix rows [P, Tp, D] and suffix rows [P*G, Ts, D] through the layer (see
+        `Attention.shared_prefix`)."""
+        hp, hs = self.attn.shared_prefix(
+            self.input_norm(xp),
+            self.input_norm(xs),
+            rope_p,
+            rope_s,
+            mask_p,
+            mask_s,
+            group_size=group_size,
+            constrain=constrain,
+        )
+        return self._finish(xp, hp, constrain), self._finish(xs, hs, constrain)
+
     def extend(self, x, cos, sin, mask, *, cache, index, layer, constrain=no_constraint):
         """x [B, T, D] -> ([B, T, D], the whole cache with x's keys/values written)."""
         h, cache = self.attn.extend(

@@ -177,6 +177,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.updates_per_rollout = 1  # optimiser updates per rollout batch, whole groups each
     c.train.micro_batches = 1  # gradient accumulation per update
     c.train.warmup_sft_steps = 0  # SFT steps on demonstrations before the first rollout
+    # Log-prob passes over RL batches run each prompt once per group, not G times (same
+    # log-probs up to float rounding; see Decoder.shared_prefix_hidden).
+    c.train.share_prompts = True
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 50  # steps; the last step is always saved

@@ -130,6 +130,7 @@ class Trainer:
             prompt_len=tp,
             temperature=c.rollout.temperature,
             param_sharding=param_sh,
+            group_size=step_lib.rollout_group_size(c),
         )
         self.demo_logps = step_lib.make_logps_fn(
             self.graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=1.0,

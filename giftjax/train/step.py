@@ -56,10 +56,17 @@ def response_logps(
     temperature: float,
     mesh: Mesh,
     rules: Any,
+    group_size: int = 1,
 ) -> Array:
     """Per-token log-probs of the response part of each row under the policy ``params``.
 
     ``logp[i, j] = log softmax(h[i, Tp-1+j] / temperature @ W)[tokens[i, Tp+j]]``.
+
+    With ``group_size`` G > 1 the rows are groups of G responses to one prompt (rows
+    ``g*G .. g*G+G-1`` share their prompt columns, as every RL rollout batch does): each
+    prompt then goes through the model once, not G times
+    (:meth:`giftjax.models.Decoder.shared_prefix_hidden`), and only the first row of each
+    group's prompt is read. The log-probs are the same up to float rounding.
 
     Args:
       graphdef: the model's NNX graphdef.
@@ -70,6 +77,7 @@ def response_logps(
       temperature: the sampler's temperature (the log-probs are those it sampled from; 0,
         greedy, is scored at 1).
       mesh, rules: the device mesh and logical-axis rules.
+      group_size: G; 1 (or B not a multiple of G, or M < 2) runs every row in full.
 
     Returns:
       [B, M] float32.
@@ -81,8 +89,21 @@ def response_logps(
     if not 0 < prompt_len < tokens.shape[1]:
         raise ValueError(f"prompt_len={prompt_len} must be in (0, T={tokens.shape[1]}).")
     model = nnx.merge(graphdef, params)
-    hidden = model(tokens[:, :-1], attn_mask[:, :-1], return_hidden=True)  # [B, T-1, D]
-    hidden = hidden[:, prompt_len - 1 :]  # [B, M, D]: position Tp-1+j predicts token Tp+j
+    b, t = tokens.shape
+    g = int(group_size)
+    if g > 1 and b % g == 0 and t - prompt_len >= 2:
+        hp, hs = model.shared_prefix_hidden(
+            tokens[::g, :prompt_len],
+            attn_mask[::g, :prompt_len],
+            tokens[:, prompt_len:-1],
+            attn_mask[:, prompt_len:-1],
+            group_size=g,
+        )  # [P, Tp, D], [B, M-1, D]
+        last = jnp.repeat(hp[:, -1:], g, axis=0)  # [B, 1, D]: position Tp-1
+        hidden = jnp.concatenate([last, hs], axis=1)  # [B, M, D]
+    else:
+        hidden = model(tokens[:, :-1], attn_mask[:, :-1], return_hidden=True)  # [B, T-1, D]
+        hidden = hidden[:, prompt_len - 1 :]  # [B, M, D]: position Tp-1+j predicts token Tp+j
     targets = tokens[:, prompt_len:]  # [B, M]
     lm_head = model.lm_head_weight().astype(hidden.dtype)  # [D, V]
     rules = sharding_lib.get_rules(rules)
@@ -110,7 +131,13 @@ def response_logps(
 
 
 def logps_fn(
-    graphdef: nnx.GraphDef, *, prompt_len: int, temperature: float, mesh: Mesh, rules: Any
+    graphdef: nnx.GraphDef,
+    *,
+    prompt_len: int,
+    temperature: float,
+    mesh: Mesh,
+    rules: Any,
+    group_size: int = 1,
 ) -> Callable[[Any, Array, Array], Array]:
     """``(params, tokens [B, T], attn_mask [B, T]) -> [B, M]``: :func:`response_logps` with
     the run's static settings bound."""
@@ -121,7 +148,14 @@ def logps_fn(
         temperature=temperature,
         mesh=mesh,
         rules=rules,
+        group_size=group_size,
     )
+
+
+def rollout_group_size(config: ml_collections.ConfigDict) -> int:
+    """The group size the log-prob passes over RL rollout rows may share prompts over:
+    ``rollout.group_size`` when ``train.share_prompts`` is on, else 1."""
+    return config.rollout.group_size if config.train.share_prompts else 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,6 +284,7 @@ def rl_microbatch_loss(
         temperature=config.rollout.temperature,
         mesh=mesh,
         rules=config.mesh.rules,
+        group_size=rollout_group_size(config),
     )
 
     def mb_loss(params, mb):
@@ -454,11 +489,18 @@ def make_logps_fn(
     prompt_len: int,
     temperature: float,
     param_sharding: Any,
+    group_size: int = 1,
 ):
     """The jitted ``(params, tokens [B, T], attn_mask [B, T]) -> logps [B, M]`` used for the
-    reference and pi_old log-probs (no gradient)."""
+    reference and pi_old log-probs (no gradient); ``group_size`` as in :func:`response_logps`
+    (:func:`rollout_group_size` for rollout rows, 1 for demonstrations)."""
     fn = logps_fn(
-        graphdef, prompt_len=prompt_len, temperature=temperature, mesh=mesh, rules=config.mesh.rules
+        graphdef,
+        prompt_len=prompt_len,
+        temperature=temperature,
+        mesh=mesh,
+        rules=config.mesh.rules,
+        group_size=group_size,
     )
     return jax.jit(
         lambda p, t, a: jax.lax.stop_gradient(fn(p, t, a)),
