@@ -107,7 +107,8 @@ def generate(
     `logits_n` are the model's next-token logits after the prompt and tokens 0..n-1. Step keys
     are `jax.random.fold_in(key, n)` and each row draws its own uniform, so rows (the samples
     of one prompt included) are independent and the result is a deterministic function of
-    `key`.
+    `key`. Each prompt is prefilled once and its cache repeated for its G samples (when the P
+    prompt rows shard over the mesh's data axes like the P*G rows do).
 
     Args:
       model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:
@@ -205,16 +206,41 @@ def _lm_head(model, hidden: jax.Array) -> jax.Array:
     return jnp.einsum("bd,dv->bv", hidden, w, preferred_element_type=jnp.float32)
 
 
+def _batch_shards(s: _Settings) -> int:
+    """How many shards the rows' (batch) axis is split into on the settings' mesh."""
+    if s.mesh is None:
+        return 1
+    axes = sharding_lib.logical_to_spec(("batch",), s.rules)[0]
+    axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([s.mesh.shape[a] for a in axes]))
+
+
+def _repeat_rows(cache: KVCache, g: int) -> KVCache:
+    """The cache of P prompts -> that of P*G rows, row i holding prompt i // G's."""
+    return KVCache(
+        k=jnp.repeat(cache.k, g, axis=1),  # [L, B, S, K, H]
+        v=jnp.repeat(cache.v, g, axis=1),
+        mask=jnp.repeat(cache.mask, g, axis=0),  # [B, S]
+        index=cache.index,
+        positions=jnp.repeat(cache.positions, g, axis=0),  # [B]
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Settings):
     """The compiled body of `generate` (one per graphdef, shapes and settings)."""
     s = settings
     model = nnx.merge(graphdef, state)
     n_new, g = s.max_new_tokens, s.num_samples
-    ids = jnp.repeat(prompt_ids.astype(jnp.int32), g, axis=0)  # [B, T], B = P*G
-    mask = jnp.repeat(prompt_mask.astype(bool), g, axis=0)  # [B, T]
+    p, t = prompt_ids.shape
+    b = p * g
+    # Prefill each prompt once, then repeat its cache for its G samples (the G rows of a
+    # prompt hold the same prompt), unless the P prompt rows cannot be sharded like the B.
+    share = g > 1 and p % _batch_shards(s) == 0
+    rows = p if share else b
+    ids = jnp.repeat(prompt_ids.astype(jnp.int32), rows // p, axis=0)  # [rows, T]
+    mask = jnp.repeat(prompt_mask.astype(bool), rows // p, axis=0)  # [rows, T]
     ids, mask = _constrain(ids, ("batch", "length"), s), _constrain(mask, ("batch", "length"), s)
-    b, t = ids.shape
     eos = jnp.asarray(s.eos_ids if s.eos_ids else (-1,), jnp.int32)
 
     def sample(logits, step):
@@ -230,11 +256,15 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
         return jnp.any(tok[:, None] == eos[None, :], axis=-1)  # [B]
 
     # Prefill: the whole prompt into slots 0..T-1; logits of the last column only.
-    cache = _constrain_cache(model.init_cache(b, t + n_new, dtype=s.cache_dtype), s)
+    cache = _constrain_cache(model.init_cache(rows, t + n_new, dtype=s.cache_dtype), s)
     # A one-token prompt is a decode step (t is static): the same path as every later token.
     prefill = model.decode_step if t == 1 else model
-    hidden, cache = prefill(ids, mask, cache=cache, return_hidden=True)  # [B, T, D]
-    tok, logp = sample(_lm_head(model, hidden[:, -1]), 0)
+    hidden, cache = prefill(ids, mask, cache=cache, return_hidden=True)  # [rows, T, D]
+    last = hidden[:, -1]  # [rows, D]
+    if share:
+        cache = _constrain_cache(_repeat_rows(cache, g), s)
+        last = jnp.repeat(last, g, axis=0)  # [B, D]
+    tok, logp = sample(_lm_head(model, last), 0)
     tokens = jnp.full((b, n_new), s.pad_id, jnp.int32).at[:, 0].set(tok)
     resp_mask = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(1)
     logps = jnp.zeros((b, n_new), jnp.float32).at[:, 0].set(logp)
