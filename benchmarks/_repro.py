@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script: import giftjax from the checko
 from giftjax.plot import load_metrics, moving_average  # noqa: E402  (no jax import)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
+QUICK_OUT = ROOT / "benchmarks" / "out" / "quick"  # git-ignored: quick runs are not results
 SMOOTH = 10  # moving-average window (steps) of the reward for thresholds and plots
 FINAL_FRACTION = 0.1  # final training reward: mean over the last 10% of RL steps (>= 5)
 

@@ -29,7 +29,8 @@ Run (the full default: 9 methods x (3 sweep rates + 2 more seeds) = 45 runs + 1 
     python benchmarks/convergence.py --jobs 8
     python benchmarks/convergence.py --quick          # 1 seed, 1 rate, 20 steps: minutes
 
-Writes to ``--out`` (default benchmarks/results/): convergence.md (tables, the sweep, the
+Writes to ``--out`` (default benchmarks/results/, with --quick benchmarks/out/quick/, which
+git ignores): convergence.md (tables, the sweep, the
 plain reading), convergence.json (every run's numbers and curves), convergence_reward.png
 (reward vs steps and vs wall time, held-out pass@1), and runs/ (each run's work directory).
 """
@@ -420,7 +421,12 @@ def reading(agg, directions, args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=_repro.DEFAULT_OUT)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results/; --quick: benchmarks/out/quick/)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to CPUs)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 rate, 20 steps")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
@@ -432,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--directions-job", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.out = args.out or (_repro.QUICK_OUT if args.quick else _repro.DEFAULT_OUT)
     args.seeds = args.seeds or (1 if args.quick else 3)
     args.steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     args.lrs = tuple(args.lrs or ((LRS[1],) if args.quick else LRS))

@@ -30,7 +30,8 @@ Run (the full default: 7 methods x (3 sweep rates + 2 more seeds) = 35 runs):
     python benchmarks/hybrid.py --jobs 8
     python benchmarks/hybrid.py --quick              # 1 seed, 1 rate, 20 steps: minutes
 
-Writes to ``--out`` (default benchmarks/results/): hybrid.md, hybrid.json, hybrid_reward.png
+Writes to ``--out`` (default benchmarks/results/, with --quick benchmarks/out/quick/):
+hybrid.md, hybrid.json, hybrid_reward.png
 (reward vs steps and wall time, held-out pass@1), hybrid_mu.png (mu, mu_raw and the prior
 over steps for the GAC runs), and runs/.
 """
@@ -241,7 +242,12 @@ def reading(agg, ovh) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=_repro.DEFAULT_OUT)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results/; --quick: benchmarks/out/quick/)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to CPUs)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 rate, 20 steps")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wrong", type=float, default=0.25, help="share of wrong demonstrations")
     p.add_argument("--threshold", type=float, default=0.2)
     args = p.parse_args(argv)
+    args.out = args.out or (_repro.QUICK_OUT if args.quick else _repro.DEFAULT_OUT)
     args.seeds = args.seeds or (1 if args.quick else 3)
     args.steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     args.lrs = tuple(args.lrs or ((LRS[1],) if args.quick else LRS))
