@@ -371,6 +371,8 @@ def report(args, runs, sweeps, directions, argv) -> str:
             "loss's gradient with GIFT's (safe default, 1 update, pi_old) and |g_gift| / |g|.",
             "",
         ]
+    else:
+        lines += ["Gradient directions not measured (--no-directions).", ""]
     lines += trajectory_check(runs, seeds)
     lines += ["", "## Plain reading", ""]
     lines += reading(agg, directions, args)

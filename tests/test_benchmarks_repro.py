@@ -21,8 +21,9 @@ import _repro  # noqa: E402
 
 def _run(script: str, out: Path, *args: str) -> str:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_SKIP_MDS_QUERY="1")
+    quick = ["--quick", "--steps", "10", "--jobs", "2", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out), *args],
+        [sys.executable, f"benchmarks/{script}", *quick, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -69,8 +70,8 @@ def test_convergence_quick_two_methods(tmp_path):
             assert values and all(math.isfinite(v) for v in values), (r, cell)
         assert 0.0 <= _numbers(r[2])[0] <= 1.0 and 0.0 <= _numbers(r[6])[0] <= 1.0
         assert re.fullmatch(r"[01]/1", r[4])
-    sweep = _table(text, "method")  # first table; the sweep table follows
-    assert sweep
+    sweep = _table(text, "method | lr 0.003")  # the sweep: one rate in --quick
+    assert [r[0] for r in sweep] == ["gift", "grpo"] and all(r[2] == "0.003" for r in sweep)
     cosines = _table(text, "batch (RL step)")
     assert cosines and all(-1.0 <= float(c) <= 1.0 + 1e-6 for row in cosines for c in row[1:5])
     assert "one seed: no spread, no claim" in text
@@ -93,9 +94,9 @@ def test_hybrid_quick_two_methods(tmp_path):
             values = _numbers(cell)
             assert values and all(math.isfinite(v) for v in values), (r, cell)
     assert _numbers(rows[1][8])[0] == pytest.approx(0.5)  # fixed mu
-    overhead = _table(text, "method")
-    assert overhead
-    assert "time/update ratio to fixed_0.5" in text
+    overhead = _table(text, "method | time/update ratio to fixed_0.5")
+    assert [r[0] for r in overhead] == ["gac_separate"]
+    assert math.isfinite(_numbers(overhead[0][1])[0]) and overhead[0][2] == "1"
     assert (tmp_path / "hybrid_mu.png").stat().st_size > 10_000
 
 
