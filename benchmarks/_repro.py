@@ -170,7 +170,8 @@ def run_all(
 
     Returns:
       ``(summaries, sweeps)``: one summary per trainer run (method, seed, lr, phase added),
-      and per method the sweep's record ``{"lrs", "final_reward", "chosen"}``.
+      and per method the sweep's record ``{"lrs", "final_reward", "chosen"}``, both in the
+      order of the methods in ``sweep``.
 
     Raises:
       RuntimeError: a run failed (its log's tail is printed); no seed is dropped silently.
@@ -271,7 +272,10 @@ def run_all(
     print(f"all runs finished in {total:.0f} s", flush=True)
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {failures}; see their log.txt.")
-    return summaries, sweeps
+    # Tables list the methods in the order given, not in the order their runs finished.
+    order = {m: i for i, m in enumerate(methods)}
+    summaries.sort(key=lambda s: (order[s["method"]], s["seed"], s["lr"]))
+    return summaries, {m: sweeps[m] for m in methods}
 
 
 def choose_lr(sweep_runs: list[dict[str, Any]]) -> float:
