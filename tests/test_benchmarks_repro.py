@@ -138,3 +138,40 @@ def test_summarise_run_threshold_and_final_numbers(tmp_path):
     assert s["final_reward"] == pytest.approx(sum(0.1 * k for k in range(16, 21)) / 5)
     assert s["gap_pass1"] == pytest.approx(0.5)
     assert s["time_update"] == pytest.approx(0.25)
+
+
+def test_gift_with_one_update_is_a_rescaled_token_mean_grpo_step():
+    """What convergence.py's direction job measures, on the losses alone: with pi_old as
+    reference on the first (here: only) update, GIFT's gradient w.r.t. the log-probs is
+    -2 A_i / (B f) on every response token, the token-mean GRPO step (DAPO's aggregation)
+    up to one scale; GRPO's per-sequence token mean weighs each sequence by 1 / length."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from giftjax import losses
+
+    rng = np.random.default_rng(0)
+    b, g, m = 32, 8, 8
+    logps = jnp.asarray(-1.0 + 0.1 * rng.normal(size=(b, m)), jnp.float32)
+    mask = jnp.asarray(np.arange(m)[None] < rng.integers(3, m + 1, size=(b, 1)))
+    rewards = jnp.asarray(rng.random(b), jnp.float32)
+    adv = losses.group_advantages(rewards, group_size=g, method="grpo")
+    sg = jax.lax.stop_gradient
+
+    def grad(f):
+        return np.asarray(jax.grad(f)(logps), np.float64).ravel()
+
+    gift = grad(lambda lp: losses.gift_loss(lp, sg(lp), mask, rewards, group_size=g)[0])
+
+    def grpo_family(preset):
+        return grad(
+            lambda lp: losses.grpo_loss(lp, sg(lp), mask, adv, preset=preset, ref_logps=sg(lp))[0]
+        )
+
+    def one_minus_cos(a, c):
+        return 1.0 - a @ c / (np.linalg.norm(a) * np.linalg.norm(c))
+
+    # float32: each element is exact to ~1e-7 relative; a cosine moves by its square.
+    assert one_minus_cos(gift, grpo_family("dapo")) < 1e-6
+    assert one_minus_cos(gift, grpo_family("grpo")) > 1e-3  # lengths differ: not parallel
