@@ -94,3 +94,32 @@ def test_instruction_is_appended_before_the_template():
     assert rollout_lib.render_prompts(tok, rows, c) == [f"<|user|>{plain}\n<|assistant|>"]
     c.data.instruction = config_lib.MATH_INSTRUCTION
     assert rollout_lib.render_prompts(tok, rows, c)[0].endswith("within \\boxed{}.\n<|assistant|>")
+
+
+def test_wrong_demonstrations_corrupt_the_synthetic_train_split_only():
+    c = config_lib.base_config()
+    c.data.wrong_demonstrations = 0.5
+    config_lib.validate(c, num_devices=8)
+    train = get_source(c.data, split="train", seed=0)
+    heldout = get_source(c.data, split="eval", seed=0)
+    wrong = sum(train[i]["demonstration"] != train[i]["answer"] for i in range(100))
+    assert abs(wrong - 50) <= 3
+    assert all(heldout[i]["demonstration"] == heldout[i]["answer"] for i in range(64))
+    c.data.wrong_demonstrations = 1.5
+    with pytest.raises(config_lib.ConfigError, match=r"data\.wrong_demonstrations=1\.5"):
+        config_lib.validate(c, num_devices=8)
+    c = _config("gsm8k", GSM8K)
+    c.data.wrong_demonstrations = 0.1
+    with pytest.raises(config_lib.ConfigError, match="synthetic' only"):
+        config_lib.validate(c, num_devices=8)
+
+
+def test_gac_collect_stats_false_needs_a_fixed_or_prior_mode():
+    c = config_lib.base_config()
+    c.algo.name = "hybrid"
+    c.train.micro_batches = 2
+    c.algo.gac.collect_stats = False
+    with pytest.raises(config_lib.ConfigError, match="collect_stats=False"):
+        config_lib.validate(c, num_devices=2)
+    c.algo.gac.mode = "fixed"
+    config_lib.validate(c, num_devices=2)

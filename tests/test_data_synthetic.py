@@ -87,3 +87,31 @@ def test_synthetic_reward_follows_the_protocol():
     assert rewards == [1.0, pytest.approx(0.1)]
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         synthetic_reward(["p", "q"], ["12", "3"], answer=["12"])
+
+
+def test_wrong_demonstrations_are_deterministic_evenly_spread_and_wrong():
+    from giftjax.data.synthetic import is_wrong_demonstration, wrong_answer
+
+    clean = SyntheticTask(kind="reverse", split="train", size=400, seed=3)
+    noisy = SyntheticTask(
+        kind="reverse", split="train", size=400, seed=3, wrong_demonstrations=0.25
+    )
+    wrong = [i for i in range(400) if noisy[i]["demonstration"] != noisy[i]["answer"]]
+    for i in range(400):
+        assert noisy[i]["prompt"] == clean[i]["prompt"]
+        assert noisy[i]["answer"] == clean[i]["answer"]  # the reward still checks the truth
+        if i in wrong:
+            assert noisy[i]["demonstration"] == wrong_answer(clean[i]["answer"])
+            assert score(noisy[i]["demonstration"], noisy[i]["answer"]) == pytest.approx(0.1)
+    assert wrong == [i for i in range(400) if is_wrong_demonstration(i, 0.25)]
+    # Evenly spread: every window of n consecutive items holds 0.25 n wrong ones, +-3.
+    for n in (8, 16, 100, 400):
+        for start in range(0, 400 - n + 1):
+            count = sum(start <= i < start + n for i in wrong)
+            assert abs(count - 0.25 * n) <= 3, (start, n, count)
+    assert all(
+        x["demonstration"] != x["answer"] for x in SyntheticTask(size=50, wrong_demonstrations=1.0)
+    )
+    assert wrong_answer("0919") == "1020"
+    with pytest.raises(ValueError, match=r"wrong_demonstrations=1\.5"):
+        SyntheticTask(wrong_demonstrations=1.5)

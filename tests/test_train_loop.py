@@ -150,3 +150,33 @@ def test_evaluation_is_deterministic(tmp_path):
     assert first == second
     assert all(0.0 <= v <= 1.0 for v in first.values())
     assert np.isfinite(list(first.values())).all()
+
+
+@pytest.mark.slow
+def test_initial_reference_is_the_model_after_the_warm_up(tmp_path):
+    c = tiny_config("gift", steps=1, warmup=2)
+    c.algo.reference = "initial"
+    tr = loop.Trainer(c, str(tmp_path))
+    start = jax.device_get(tr.state.params)
+    tr.step(0)
+    np.testing.assert_array_equal(  # one warm-up step left: still the initial parameters
+        jax.tree.leaves(jax.device_get(tr.state.ref_params))[0], jax.tree.leaves(start)[0]
+    )
+    tr.step(1)  # the last warm-up step: the reference becomes the warmed-up policy
+    for ref, p in zip(
+        jax.tree.leaves(jax.device_get(tr.state.ref_params)),
+        jax.tree.leaves(jax.device_get(tr.state.params)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ref, p)
+    tr.step(2)  # an RL step moves the policy, not the reference
+    moved = [
+        not np.array_equal(r, p)
+        for r, p in zip(
+            jax.tree.leaves(jax.device_get(tr.state.ref_params)),
+            jax.tree.leaves(jax.device_get(tr.state.params)),
+            strict=True,
+        )
+    ]
+    assert any(moved)
+    tr.close()

@@ -5,7 +5,8 @@ Keys read (others are ignored here; the trainer validates the whole config):
 - `data.source`: one of `SOURCES` ("synthetic", "jsonl", "parquet", "gsm8k", "math500",
   "tfds").
 - synthetic: `data.kind` (a name in `giftjax.data.KINDS`), `data.train_size`,
-  `data.eval_size`; the eval split is the task's held-out split.
+  `data.eval_size`, `data.wrong_demonstrations` (the share of deliberately wrong
+  demonstrations in the train split, default 0); the eval split is the task's held-out split.
 - jsonl, parquet: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
   "prompt"), `data.answer_field` (default "answer").
 - gsm8k, math500: local copies of the public data sets in their published JSONL layout,
@@ -77,6 +78,9 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
             split="train" if split == "train" else "heldout",
             size=_get(config_data, size_key, needed_by=needed_by),
             seed=seed,
+            wrong_demonstrations=_get(config_data, "wrong_demonstrations", 0.0)
+            if split == "train"
+            else 0.0,
         )
     if source == "tfds":
         split_key = "tfds_split" if split == "train" else "tfds_eval_split"

@@ -7,7 +7,9 @@ are dicts of strings:
 
 - `prompt`: the task text, e.g. `"reverse 35172 ="` or `"add 27+45 ="`;
 - `answer`: the expected response, e.g. `"27153"` or `"72"`;
-- `demonstration`: the correct response text for SFT (the answer itself).
+- `demonstration`: the response text for SFT: the answer itself, unless the task was built
+  with `wrong_demonstrations > 0` (see `SyntheticTask`); the `answer` (what the reward checks)
+  is always correct.
 
 Kinds (`KINDS`):
 
@@ -37,10 +39,43 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["KINDS", "AddKind", "ReverseKind", "SyntheticTask", "score", "synthetic_reward"]
+__all__ = [
+    "KINDS",
+    "AddKind",
+    "ReverseKind",
+    "SyntheticTask",
+    "is_wrong_demonstration",
+    "score",
+    "synthetic_reward",
+    "wrong_answer",
+]
 
 SPLITS = ("train", "heldout")
 _DIGITS = re.compile(r"[0-9]+")
+_GOLDEN = (5**0.5 - 1) / 2  # 1/phi: the Weyl sequence frac(i / phi) is the most even one
+
+
+def is_wrong_demonstration(index: int, fraction: float) -> bool:
+    """Whether item ``index`` of a task with ``wrong_demonstrations=fraction`` is corrupted.
+
+    ``frac((index + 1) / phi) < fraction`` (phi the golden ratio): a deterministic,
+    evenly spread choice, the same for every seed and split, so among any n consecutive
+    indices the number of wrong items is ``fraction * n`` up to a few items (the golden-ratio
+    sequence has the smallest discrepancy of its kind), and exactly none for 0 and all for 1.
+
+    Args:
+      index: the item's index, >= 0.
+      fraction: the share of wrong demonstrations, in [0, 1].
+    """
+    if fraction >= 1.0:
+        return True
+    return ((index + 1) * _GOLDEN) % 1.0 < fraction
+
+
+def wrong_answer(answer: str) -> str:
+    """A deliberately wrong demonstration for ``answer``: every digit ``d`` becomes
+    ``(d + 1) mod 10`` (same length and format, no digit right: it scores 0.1)."""
+    return "".join(str((int(ch) + 1) % 10) for ch in answer)
 
 
 def _check_range(name: str, value: Any, low: int) -> tuple[int, int]:
@@ -129,6 +164,9 @@ class SyntheticTask(Sequence):
       split: "train" or "heldout" (drawn from a disjoint range, see the kind).
       size: number of items, >= 1.
       seed: int >= 0; item i depends only on (kind arguments, seed, split, i).
+      wrong_demonstrations: the share of items, in [0, 1], whose `demonstration` is
+        deliberately wrong (`wrong_answer(answer)`), chosen by `is_wrong_demonstration`: a
+        noisy demonstration set for hybrid SFT+RL experiments. The `answer` stays correct.
       **kind_args: fields of the kind's dataclass (e.g. `train_lengths=(3, 4)` for reverse).
     """
 
@@ -138,6 +176,7 @@ class SyntheticTask(Sequence):
         split: str = "train",
         size: int = 1000,
         seed: int = 0,
+        wrong_demonstrations: float = 0.0,
         **kind_args: Any,
     ):
         if kind not in KINDS:
@@ -148,6 +187,15 @@ class SyntheticTask(Sequence):
             raise ValueError(f"size={size!r}; expected an int >= 1.")
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed={seed!r}; expected an int >= 0.")
+        if (
+            not isinstance(wrong_demonstrations, int | float | np.floating)
+            or isinstance(wrong_demonstrations, bool)
+            or not 0.0 <= wrong_demonstrations <= 1.0
+        ):
+            raise ValueError(
+                f"wrong_demonstrations={wrong_demonstrations!r}; expected a fraction in [0, 1]."
+            )
+        self.wrong_demonstrations = float(wrong_demonstrations)
         try:
             self.task = KINDS[kind](**kind_args)
         except TypeError as e:
@@ -169,12 +217,15 @@ class SyntheticTask(Sequence):
             raise IndexError(f"index {index} out of range for a SyntheticTask of size {self.size}.")
         rng = np.random.default_rng((self.seed, self._split_code, i))
         prompt, answer = self.task.sample(rng, self.split)
-        return {"prompt": prompt, "answer": answer, "demonstration": answer}
+        demo = answer
+        if self.wrong_demonstrations and is_wrong_demonstration(i, self.wrong_demonstrations):
+            demo = wrong_answer(answer)
+        return {"prompt": prompt, "answer": answer, "demonstration": demo}
 
     def __repr__(self) -> str:
         return (
             f"SyntheticTask(kind={self.kind!r}, split={self.split!r}, size={self.size}, "
-            f"seed={self.seed}, {self.task})"
+            f"seed={self.seed}, wrong_demonstrations={self.wrong_demonstrations}, {self.task})"
         )
 
 

@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_size = 64  # held-out prompts evaluated
     c.data.max_prompt_len = 32  # prompts are left-padded to this many tokens
     c.data.max_response_len = 16  # demonstration length for sft/dpo/hybrid
+    c.data.wrong_demonstrations = 0.0  # synthetic: share of deliberately wrong demonstrations
 
     # --- Reward: registered name -> weight (giftjax.rewards.get); each call time-limited.
     c.reward = ml_collections.ConfigDict()
@@ -160,6 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.algo.gac.prior_decay = 800  # then cosine peak -> end over decay steps
     c.algo.gac.prior_peak = 0.85
     c.algo.gac.prior_valley = 0.15
+    # Measure the gradient estimator's statistics every update (mode "fixed"/"prior" then still
+    # log the mu GAC would choose). False: a plain fixed/prior-weight step, the baseline of a
+    # fair overhead measurement; needs mode "fixed" or "prior".
+    c.algo.gac.collect_stats = True
 
     # --- Optimiser: AdamW after global-norm clipping.
     c.optim = ml_collections.ConfigDict()
@@ -299,6 +304,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         )
     _at_least("data.max_prompt_len", c.data.max_prompt_len, 1)
     _at_least("data.max_response_len", c.data.max_response_len, 1)
+    w = c.data.wrong_demonstrations
+    if not 0.0 <= w <= 1.0:
+        raise ConfigError(f"config.data.wrong_demonstrations={w!r} must be a fraction in [0, 1].")
+    if w and c.data.source != "synthetic":
+        raise ConfigError(
+            f"config.data.wrong_demonstrations={w!r} applies to data.source='synthetic' only "
+            f"(data.source={c.data.source!r}); corrupt a JSONL file's demonstrations in the file."
+        )
     for key in ("steps", "updates_per_rollout", "micro_batches"):
         _at_least(f"train.{key}", c.train[key], 1)
     _at_least("train.warmup_sft_steps", c.train.warmup_sft_steps, 0)
@@ -363,6 +376,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
             raise ConfigError(
                 "config.algo.gac.estimator='gradient' measures noise from the spread of the "
                 "micro-batch gradients: set config.train.micro_batches >= 2 (it is 1)."
+            )
+        if c.algo.gac.mode == "adaptive" and not c.algo.gac.collect_stats:
+            raise ConfigError(
+                "config.algo.gac.collect_stats=False leaves the adaptive controller without "
+                "statistics (mu would never leave its prior path); use it only with "
+                "config.algo.gac.mode='fixed' or 'prior'."
             )
 
 

@@ -1,7 +1,9 @@
 """The training loop: rollout, updates, metrics, evaluation and checkpoints, resumable.
 
 ``train(config, workdir)`` runs ``train.warmup_sft_steps`` SFT steps on demonstrations (if
-any), then ``train.steps`` steps of ``algo.name``. For the RL algorithms one step is::
+any), then ``train.steps`` steps of ``algo.name``. The frozen reference of
+``algo.reference="initial"`` (and of dpo) is the model after the warm-up. For the RL
+algorithms one step is::
 
     rows = next(data)                                  # P prompts (grain, per host)
     rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
@@ -275,6 +277,12 @@ class Trainer:
         key = jax.random.fold_in(self.base_key, step)
         if step < self.warmup:
             metrics = self._warmup_step(rows)
+            if step + 1 == self.warmup and self.state.ref_params is not None:
+                # The reference is the model the algorithm starts from: the warm-up's result,
+                # not the random initialisation it was copied from.
+                ref = jax.tree.map(jnp.copy, self.state.params)
+                ref = jax.device_put(ref, self.state_sharding.ref_params)
+                self.state = self.state.replace(ref_params=ref)
         elif c.algo.name in config_lib.RL_ALGOS:
             metrics = self._rl_step(rows, key, step)
         elif c.algo.name == "dpo":

@@ -37,7 +37,8 @@ class TrainState:
       params: the policy's ``nnx.State`` (every leaf an array in ``model.param_dtype``).
       opt_state: the optax state of ``params``.
       rng: the run's base PRNG key data, [2] uint32 (``jax.random.key_data``).
-      ref_params: the frozen initial parameters (``algo.reference == "initial"``), else None.
+      ref_params: the frozen reference parameters (``algo.reference == "initial"``, dpo): the
+        initial parameters, replaced by the policy at the end of the SFT warm-up; else None.
     """
 
     step: jax.Array

@@ -443,7 +443,7 @@ def make_hybrid_update(
     The RL branch is ``algo.hybrid.rl``'s loss on the rollout rows, the SFT branch
     ``sft_loss(weighting=algo.hybrid.sft_weighting)`` on the demonstrations; both are
     accumulated over ``train.micro_batches`` micro-batches and mixed by ``optim.gac`` with the
-    ``gradient`` estimator's statistics.
+    ``gradient`` estimator's statistics (measured unless ``algo.gac.collect_stats`` is False).
     """
     k = config.train.micro_batches
     sft_loss = sft_microbatch_loss(
@@ -468,6 +468,7 @@ def make_hybrid_update(
             sft_loss_fn=sft_loss,
             rl_loss_fn=rl_mb_loss,
             tx=tx,
+            collect_stats=config.algo.gac.collect_stats,
         )
         metrics = {**metrics, "params/norm": optax.tree.norm(params)}
         return state.replace(params=params, opt_state=opt_state), metrics
