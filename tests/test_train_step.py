@@ -176,3 +176,24 @@ def test_shared_prompt_logps_and_grads_match_full_rows(mesh):
     for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_shared), strict=True):
         a, c = np.ravel(a), np.ravel(c)
         assert np.linalg.norm(c - a) <= reorder_atol(np.linalg.norm(a), 2 * depth)
+
+
+def test_grpo_config_overrides_equal_to_loss_defaults_are_honoured(mesh):
+    """``algo.grpo.agg="token-mean"`` and ``kl_coef=0.0`` under ``algo.name="grpo"`` are used,
+    though they equal grpo_loss's own defaults (the grpo preset's are seq-mean and 0.04)."""
+    model = _model(mesh)
+    graphdef, params = nnx.split(model)
+    batch = {k: jnp.asarray(v) for k, v in _batch(5).items()}
+    c = _config("grpo", 1)
+    c.algo.grpo.agg, c.algo.grpo.kl_coef = "token-mean", 0.0
+    mb_loss = step_lib.rl_microbatch_loss(graphdef, c, name="grpo", mesh=mesh, prompt_len=TP)
+    loss, _ = jax.jit(mb_loss)(params, batch)
+    logps = step_lib.response_logps(
+        graphdef, params, batch["tokens"], batch["attn_mask"], prompt_len=TP, temperature=1.0,
+        mesh=mesh, rules="fsdp", group_size=G,
+    )  # fmt: skip
+    m, old, adv = batch["resp_mask"], batch["old_logps"], batch["advantages"]
+    want, _ = losses.grpo_loss(logps, old, m, adv, agg="token-mean")
+    preset, _ = losses.grpo_loss(logps, old, m, adv, ref_logps=batch["ref_logps"], preset="grpo")
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    assert abs(float(loss) - float(preset)) > 1e-3

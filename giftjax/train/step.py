@@ -176,7 +176,13 @@ def _gift(logps: Array, mb: Batch, s: ml_collections.ConfigDict) -> tuple[Array,
 def _grpo_family(preset: str) -> Callable[..., tuple[Array, dict]]:
     def loss(logps: Array, mb: Batch, s: ml_collections.ConfigDict) -> tuple[Array, dict]:
         g = s.algo.grpo
-        kw: dict[str, Any] = {"preset": preset, "max_len": s.rollout.max_new_tokens}
+        # The preset's published values, then the config's explicit ones on top. (Passing
+        # both to grpo_loss(preset=...) would drop an override equal to grpo_loss's own
+        # default, e.g. agg="token-mean" or kl_coef=0.0 under the grpo preset.)
+        kw: dict[str, Any] = {
+            **losses.grpo.GRPO_PRESETS[preset],
+            "max_len": s.rollout.max_new_tokens,
+        }
         for key in ("clip_low", "clip_high", "kl_coef", "agg"):
             if g[key] is not None:
                 kw[key] = g[key]
