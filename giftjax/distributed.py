@@ -141,7 +141,30 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
             f"after at most {timeout} s ({ENV_TIMEOUT}): a host did not join, or the "
             f"coordinator is unreachable. Start the same command on every host. Cause: {e}"
         ) from e
+    use_distributed_barriers()
     return True
+
+
+def use_distributed_barriers() -> bool:
+    """Makes orbax synchronise processes through the ``jax.distributed`` client's barriers.
+
+    By default orbax 0.12 synchronises with ``sync_global_devices``, a collective computation
+    on every device. An asynchronous save runs such barriers from its background thread while
+    the training thread runs its own collectives, and two processes can then start them in
+    different orders and wait on each other forever (seen with gloo on CPU). The client's
+    barriers are not device computations, so they cannot interleave with the training step.
+
+    Returns whether the setting is in force (it is an absl flag: False when absl flags have
+    not been parsed, i.e. outside an ``absl.app`` program such as ``giftjax.main``).
+    """
+    from absl import flags
+    from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+
+    name = orbax_multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.name
+    if not flags.FLAGS.is_parsed():
+        return False
+    setattr(flags.FLAGS, name, True)
+    return bool(orbax_multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value)
 
 
 def process_index() -> int:
