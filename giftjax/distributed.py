@@ -37,11 +37,13 @@ from jax.sharding import Mesh
 __all__ = [
     "allgather",
     "any_process",
+    "distributed_args",
     "initialize",
     "is_multiprocess",
     "local_rows",
     "process_block",
     "process_index",
+    "use_distributed_barriers",
 ]
 
 ENV_COORDINATOR = "GIFTJAX_COORDINATOR"
