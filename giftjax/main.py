@@ -4,6 +4,11 @@ Parses flags, sets up logging and hands the config to :func:`giftjax.train.loop.
 ``algo.name`` picks the loop. Configs are loaded locked, so a misspelt key fails; any key can
 be overridden (``--config.train.steps=20``). Re-running the same command on the same DIR
 resumes from its newest checkpoint; SIGTERM saves once and exits with code 0.
+
+Multi-host: the same command runs on every host; the ``GIFTJAX_*`` environment variables
+(``giftjax.distributed``; the scripts in ``launch/`` set them) join the hosts into one job
+before anything else touches JAX. A SIGTERM on any host stops every host after the same step,
+with one checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from giftjax import distributed
+
+    try:
+        distributed.initialize()  # before any other JAX call
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.getLogger("giftjax").setLevel(logging.INFO)
     # orbax and grain log every checkpoint step at INFO through absl: keep the console for
     # the progress bar and warnings (--verbosity=0 brings them back).
@@ -48,7 +60,8 @@ def main(argv: list[str]) -> None:
         keys = [k for k in ("reward/mean", "loss", "eval/heldout/pass@1") if k in last]
         summary = ", ".join(f"{k} {last[k]:.4g}" for k in keys)
         print(f"step {last['step']}: {summary}")
-    print(f"metrics: {os.path.join(_WORKDIR.value, 'metrics.jsonl')}")
+    if distributed.process_index() == 0:  # only process 0 writes metrics.jsonl
+        print(f"metrics: {os.path.join(_WORKDIR.value, 'metrics.jsonl')}")
 
 
 def run() -> None:

@@ -26,6 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from giftjax import distributed
+
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = (
     "batch", "length", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers",
@@ -212,16 +214,26 @@ def batch_sharding(ndim: int, mesh: Mesh, rules: Rules) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Places every array of the pytree `batch` ([B], [B, T], ...) rows over the data axes."""
+    """Places every array of the pytree `batch` ([B], [B, T], ...) rows over the data axes.
+
+    In a multi-process run each process passes ITS rows (its contiguous block of B / n rows,
+    in process order, see `giftjax.distributed`) and gets the global [B, ...] array
+    (`jax.make_array_from_process_local_data`); 0-d arrays are replicated and must be equal
+    on every process.
+    """
+    multi = jax.process_count() > 1
 
     def place(path, x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if x.ndim == 0:
             return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
         names = ("batch", "length", *([None] * (x.ndim - 2)))[: x.ndim]
-        return jax.device_put(
-            x, named_sharding(names, x.shape, mesh, rules, what=f"batch {_path_str(path)}")
-        )
+        shape = ((x.shape[0] * jax.process_count()) if multi else x.shape[0], *x.shape[1:])
+        sharding = named_sharding(names, shape, mesh, rules, what=f"batch {_path_str(path)}")
+        if not multi:
+            return jax.device_put(x, sharding)
+        distributed.process_block(shape[0], sharding)  # a clear error if the rows interleave
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), shape)
 
     return jax.tree_util.tree_map_with_path(place, batch)
 

@@ -2,13 +2,14 @@
 
 `prompt_dataset` builds a `grain.MapDataset` whose element k is batch k of an endless stream:
 
-    source -> shuffle (seeded; epoch e uses seed + e) -> first S * n records of each epoch
-           -> records shard_index, shard_index + n, ... (host i of n) -> repeat forever
-           -> batches of `batch_size` records, collated to {field: [values]}
+    source -> shuffle (seeded; epoch e uses seed + e) -> repeat forever
+           -> blocks of `batch_size` records -> blocks shard_index, shard_index + n, ...
+              (host i of n), collated to {field: [values]}
 
-where S = len(source) // n. Every host shuffles with the same seed, so within each epoch the
-hosts read disjoint records whose union is all but the len(source) % n records left over (a
-different leftover each epoch); each host reads S records per epoch, so hosts step in lockstep.
+Every host shuffles with the same seed, so the n hosts' batches k together are, in host order,
+exactly the global batch k of `batch_size * n` records that one host would read alone: a
+multi-host run trains on the same global batches as a single-host one, and each host's rows
+are its contiguous block of them (the rows its devices hold, see `giftjax.distributed`).
 Batches are dicts of Python lists (strings stay strings: tokenisation happens later, see
 `giftjax.data.tokenize`); a batch may span two epochs.
 
@@ -57,7 +58,8 @@ def prompt_dataset(
 
     Args:
       source: a random-access source of records (`SyntheticTask`, `JsonlSource`, a list).
-      batch_size: records per batch on this host, >= 1.
+      batch_size: records per batch on this host, >= 1 (the global batch is
+        ``batch_size * shard_count``).
       seed: shuffle seed in [0, 2**32), the same on every host.
       shard_index: this host's index i in [0, shard_count) (e.g. `jax.process_index()`).
       shard_count: the number of hosts n (e.g. `jax.process_count()`).
@@ -71,20 +73,14 @@ def prompt_dataset(
     seed = _check_int("seed", seed, 0, 2**32)
     shard_count = _check_int("shard_count", shard_count, 1)
     shard_index = _check_int("shard_index", shard_index, 0, shard_count)
-    n = len(source)
-    per_shard = n // shard_count
-    if per_shard < 1:
-        raise ValueError(
-            f"the source has {n} records, fewer than shard_count={shard_count}: "
-            "every host needs at least one record per epoch."
-        )
+    if len(source) < 1:
+        raise ValueError("the source has no records.")
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)  # epoch e is shuffled with seed + e
-    # Slices and repeat map an index of epoch e to the same offset in epoch e of their parent.
-    ds = ds[: per_shard * shard_count][shard_index::shard_count]
     ds = ds.repeat(None, reseed_each_epoch=True)
-    return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+    return ds[shard_index::shard_count]
 
 
 def prompt_iterator(

@@ -34,6 +34,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from giftjax import distributed
+
 __all__ = ["RESUMABLE_KEYS", "Checkpointer", "StopSignal", "check_config"]
 
 _log = logging.getLogger(__name__)
@@ -109,6 +111,16 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
         self.keep = keep
+        if async_save and jax.process_count() > 1:
+            if not distributed.use_distributed_barriers():
+                # orbax's default barriers are device collectives; from the background
+                # thread they can deadlock with the training step's (see
+                # giftjax.distributed.use_distributed_barriers): save synchronously instead.
+                _log.warning(
+                    "multi-process run without absl flags parsed: orbax cannot use the "
+                    "distributed client's barriers, so checkpoints are saved synchronously."
+                )
+                async_save = False
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=every,

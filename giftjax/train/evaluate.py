@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from giftjax import data as data_lib
+from giftjax import distributed
 from giftjax.rewards import RewardRunner
 from giftjax.train import rollout as rollout_lib
 
@@ -63,8 +64,10 @@ def _score(
     temperature: float,
     step: int,
 ) -> np.ndarray:
-    """Rewards [P, num_samples] of responses to ``rows``."""
-    texts = rollout_lib.render_prompts(tokenizer, rows, config)
+    """Rewards [P, num_samples] of responses to ``rows`` (every process gives all P rows;
+    in a multi-process run each samples and scores its share and the results are gathered)."""
+    share, total = rollout_lib.host_share(rows, mesh)
+    texts = rollout_lib.render_prompts(tokenizer, share, config)
     *_, completions = rollout_lib.sample_responses(
         model,
         texts,
@@ -75,11 +78,12 @@ def _score(
         num_samples=num_samples,
         temperature=temperature,
     )
-    columns = rollout_lib.row_columns(rows)
+    columns = rollout_lib.row_columns(share)
     result = rollout_lib.score_responses(
         runner, texts, completions, columns, num_samples=num_samples, step=step
     )
-    return result.total.reshape(len(rows), num_samples)
+    rewards = distributed.allgather(result.total.reshape(len(share), num_samples))  # [total, k]
+    return rewards[: min(len(rows), total)]
 
 
 def evaluate(

@@ -22,6 +22,14 @@ same WORKDIR therefore continues from the newest checkpoint and ends with the sa
 and metrics, bit for bit, as a run that was never interrupted; ``metrics.jsonl`` keeps rows up
 to the checkpoint and the resumed run writes the rest once. SIGTERM or SIGINT stop the loop
 after the step in progress, save once and return (exit code 0).
+
+Multi-host (``giftjax.distributed``): every process runs this same loop. Each reads
+``P / process_count`` prompts per step, its block of the global batch; the rollout is sampled
+on the global mesh and each host decodes and scores its own rows, which become global arrays
+again for the update. Metrics are gathered from every host before they are reduced, only
+process 0 writes files, checkpoints are saved and restored by all processes together, and the
+stop flag is exchanged after every step, so a SIGTERM on any one host stops all of them after
+the same step with one checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from giftjax import data as data_lib
-from giftjax import losses, models, rewards
+from giftjax import distributed, losses, models, rewards
 from giftjax import sharding as sharding_lib
 from giftjax.train import checkpoint as ckpt_lib
 from giftjax.train import config as config_lib
@@ -97,6 +105,7 @@ class Trainer:
         c = config
         self.is_main = jax.process_index() == 0
         self.mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
+        _check_processes(c, self.mesh)
         self.rules = sharding_lib.get_rules(c.mesh.rules)
         self.tokenizer = load_tokenizer(c)
         self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
@@ -189,7 +198,7 @@ class Trainer:
         self.data = data_lib.prompt_iterator(
             data_lib.prompt_dataset(
                 self.train_source,
-                batch_size=c.rollout.prompts_per_step,
+                batch_size=c.rollout.prompts_per_step // jax.process_count(),
                 seed=c.seed,
                 shard_index=jax.process_index(),
                 shard_count=jax.process_count(),
@@ -257,11 +266,14 @@ class Trainer:
                     self.logger.log(done, metrics)
                     last = {"step": done, **metrics}
                 final = done == self.total_steps
-                if self.checkpointer.should_save(done) or final or stop.requested:
+                # Every host takes part in this (tiny) collective each step, so a SIGTERM on
+                # any one of them stops all of them after the same step, with one checkpoint.
+                stopping = distributed.any_process(stop.requested)
+                if self.checkpointer.should_save(done) or final or stopping:
                     self.checkpointer.save(
                         done, self.state, data_state=self.data.get_state(), force=True
                     )
-                if stop.requested and not final:
+                if stopping and not final:
                     log.warning("stop requested: saved step %d; re-run to resume", done)
                     break
         self.close()
@@ -397,13 +409,17 @@ class Trainer:
             out["logprob/mismatch"] = float(per_update[0]["logprob/mismatch"])
         t_upd = time.perf_counter() - t_upd
 
-        r = ro.rewards_host
-        lengths = np.asarray(ro.resp_mask).sum(axis=1)
+        # Each host scored its own rows: gather them (in process order, so the values are the
+        # global batch's, as one host would have them) before reducing.
+        r = distributed.allgather(ro.host_rewards)
+        lengths = distributed.allgather(ro.host_lengths)
+        errors = distributed.allgather(np.array([ro.reward_errors], np.int64)).sum()
+        per_fn = {k: distributed.allgather(v) for k, v in sorted(ro.per_fn.items())}
         out.update(
             {
                 "reward/mean": float(r.mean()),
                 "reward/std": float(r.std()),
-                "reward/errors": float(ro.reward_errors),
+                "reward/errors": float(errors),
                 "response/length_mean": float(lengths.mean()),
                 "time/rollout": ro.seconds["rollout"],
                 "time/reward": ro.seconds["reward"],
@@ -411,8 +427,8 @@ class Trainer:
                 "time/update": t_upd,
             }
         )
-        for name, values in ro.per_fn.items():
-            if len(ro.per_fn) > 1:
+        for name, values in per_fn.items():
+            if len(per_fn) > 1:
                 out[f"reward/{name}"] = float(np.mean(values))
         total = ro.seconds["rollout"] + ro.seconds["reward"] + t_ref + t_upd
         n_tokens = float(lengths.sum() + ro.tokens.shape[0] * c.data.max_prompt_len)
@@ -472,6 +488,24 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 def _mean_metrics(per_update: list[Mapping[str, Any]]) -> dict[str, float]:
     host = [jax.device_get(dict(m)) for m in per_update]
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def _check_processes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """In a multi-process run, each process reads P / n prompts per step and must hold whole
+    rows of every batch: P must divide by the number of processes n and by the data axes'
+    size (data x fsdp), which itself must divide by n."""
+    n = jax.process_count()
+    if n == 1:
+        return
+    p = config.rollout.prompts_per_step
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if ways % n or p % ways:
+        raise config_lib.ConfigError(
+            f"rollout.prompts_per_step={p} with mesh {dict(mesh.shape)} on {n} processes: a "
+            f"multi-host run needs data x fsdp ({ways}) to be a multiple of the process count "
+            f"({n}) and prompts_per_step a multiple of data x fsdp, so that each host samples, "
+            f"decodes and scores whole prompts of its own."
+        )
 
 
 def _round_up(n: int, m: int) -> int:

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from giftjax import data as data_lib
-from giftjax import sampling
+from giftjax import distributed, sampling
 from giftjax import sharding as sharding_lib
 from giftjax.rewards import RewardRunner
 
@@ -33,12 +33,18 @@ from giftjax.rewards import RewardRunner
 class Rollout:
     """One rollout batch (device arrays sharded by rows, host lists for logging).
 
+    The device arrays are global (all B rows, over every process); the host fields (texts,
+    rewards, per_fn, reward_errors) are this process's rows only (all of them in a
+    single-process run): ``B / process_count`` rows, P / process_count prompts.
+
     Attributes:
       tokens: [B, T] int32, the left-padded prompt then the response.
       attn_mask: [B, T] int32, 1 for real tokens (prompt padding and post-EOS slots are 0).
       resp_mask: [B, M] float32, 1 for response tokens (the EOS included).
       sampler_logps: [B, M] float32, the sampler's log-probs of its tokens.
       rewards: [B] float32, the weighted reward of each response.
+      host_rewards: this process's rows of ``rewards`` as a NumPy array.
+      host_lengths: [B / n] int, the response lengths of this process's rows.
       prompts: P prompt texts; completions: B decoded responses; columns: the data rows'
         other fields per prompt; per_fn: reward name -> [B]; reward_errors: failed calls.
       seconds: {"rollout": generate + decode, "reward": reward calls}.
@@ -49,6 +55,8 @@ class Rollout:
     resp_mask: jax.Array
     sampler_logps: jax.Array
     rewards: jax.Array
+    host_rewards: np.ndarray
+    host_lengths: np.ndarray
     prompts: list[str]
     completions: list[str]
     columns: dict[str, list[Any]]
@@ -58,7 +66,8 @@ class Rollout:
 
     @property
     def rewards_host(self) -> np.ndarray:
-        return np.asarray(self.rewards)
+        """This process's rewards [B / n] (alias of ``host_rewards``)."""
+        return self.host_rewards
 
 
 def render_prompts(
@@ -100,8 +109,10 @@ def sample_responses(
 
     The prompts are tokenised and left-padded to ``data.max_prompt_len``; when the P x G rows
     do not divide over the mesh's data axes, dummy prompts are appended and their samples
-    dropped. The rollout settings give the length and top-p / top-k (greedy, temperature 0,
-    uses neither).
+    dropped. In a multi-process run ``texts`` are this process's block of the global prompts
+    (P in all, a multiple of the data axes' size) and the results are this process's rows.
+    The rollout settings give the length and top-p / top-k (greedy, temperature 0, uses
+    neither).
 
     Returns:
       ``ids``, ``mask`` [P, Tp] int32; the sampler's output as host arrays [P*G, M] (tokens,
@@ -110,20 +121,30 @@ def sample_responses(
     r = config.rollout
     ids, mask = data_lib.encode_prompts(tokenizer, texts, max_prompt_len=config.data.max_prompt_len)
     n = len(texts)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    padded_ids, padded_mask = ids, mask
-    if (n * num_samples) % ways:
-        padded_ids, padded_mask, _ = sampling.pad_prompts(
-            ids,
-            mask,
-            pad_id=tokenizer.pad_token_id,
-            length=config.data.max_prompt_len,
-            batch=-(-n // ways) * ways,
+    multi = distributed.is_multiprocess()
+    if multi:
+        # This process's prompts are its block of the global batch (see giftjax.distributed):
+        # the sampler runs on the global array, and each host takes its own rows back.
+        placed = sharding_lib.shard_batch(
+            {"ids": ids, "mask": mask}, mesh, sharding_lib.get_rules(config.mesh.rules)
         )
+        padded_ids, padded_mask = placed["ids"], placed["mask"]
+    else:
+        padded_ids, padded_mask = jnp.asarray(ids), jnp.asarray(mask)
+        ways = mesh.shape["data"] * mesh.shape["fsdp"]
+        if (n * num_samples) % ways:
+            padded_ids, padded_mask, _ = sampling.pad_prompts(
+                ids,
+                mask,
+                pad_id=tokenizer.pad_token_id,
+                length=config.data.max_prompt_len,
+                batch=-(-n // ways) * ways,
+            )
+            padded_ids, padded_mask = jnp.asarray(padded_ids), jnp.asarray(padded_mask)
     out = sampling.generate(
         model,
-        jnp.asarray(padded_ids),
-        jnp.asarray(padded_mask),
+        padded_ids,
+        padded_mask,
         max_new_tokens=r.max_new_tokens,
         key=key,
         temperature=temperature,
@@ -135,11 +156,33 @@ def sample_responses(
         mesh=mesh,
         rules=config.mesh.rules,
     )
-    out = sampling.drop_dummy_rows(out, n, num_samples=num_samples)
+    if not multi:
+        out = sampling.drop_dummy_rows(out, n, num_samples=num_samples)
     out = sampling.SampleOutput(
-        np.asarray(out.tokens, np.int32), np.asarray(out.mask, np.int32), np.asarray(out.logps)
+        distributed.local_rows(out.tokens).astype(np.int32),
+        distributed.local_rows(out.mask).astype(np.int32),
+        distributed.local_rows(out.logps),
     )
     return ids, mask, out, data_lib.decode_responses(tokenizer, out.tokens, out.mask)
+
+
+def host_share(rows: Sequence[Any], mesh: Mesh) -> tuple[list[Any], int]:
+    """This process's block of ``rows`` that every process holds in full (evaluation prompts).
+
+    Multi-process: the rows are padded (repeating the last) to a multiple of the data axes'
+    size data x fsdp, then split into ``process_count`` contiguous blocks; single process: all
+    rows. Returns ``(block, padded_total)``; :func:`giftjax.distributed.allgather` of per-row
+    results gives ``padded_total`` rows, the first ``len(rows)`` of them the real ones.
+    """
+    rows = list(rows)
+    if not distributed.is_multiprocess():
+        return rows, len(rows)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    total = -(-len(rows) // ways) * ways
+    padded = rows + [rows[-1]] * (total - len(rows))
+    per = total // jax.process_count()
+    i = jax.process_index()
+    return padded[i * per : (i + 1) * per], total
 
 
 def score_responses(
@@ -212,6 +255,8 @@ def generate_rollout(
         resp_mask=placed["resp_mask"],
         sampler_logps=placed["sampler_logps"],
         rewards=placed["rewards"],
+        host_rewards=result.total.astype(np.float32),
+        host_lengths=resp_mask.sum(axis=1),
         prompts=texts,
         completions=completions,
         columns=columns,
