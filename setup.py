@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.60",
     "matplotlib>=3.7",
     "math-verify==0.9.0",  # giftjax.rewards.math: LaTeX answer equivalence (sympy) for MATH
+    "qwix==0.1.8",  # giftjax.models.lora: LoRA by intercepting the decoder's einsum/dot_general
 ]
 
 EXTRAS = {
@@ -39,6 +40,7 @@ EXTRAS = {
         "ruff==0.17.6",
         "torch==2.13.0",
         "libtpu==0.0.42.1",  # ahead-of-time TPU compiles on a CPU machine
+        "peft==0.21.2",  # tests/test_lora.py: giftjax's PEFT adapters load into transformers
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
