@@ -256,8 +256,13 @@ def split_trainable(state: nnx.State, lora: bool) -> tuple[nnx.State, nnx.State]
 
 
 def merge_trainable(trainable: nnx.State, frozen: nnx.State) -> nnx.State:
-    """Inverse of :func:`split_trainable`."""
-    return nnx.merge_state(trainable, frozen)
+    """Inverse of :func:`split_trainable`.
+
+    The frozen part is rebuilt (new Variable objects over the same arrays): a loss that closes
+    over it is then traced at the level of its caller, as NNX's lifted transforms (``nnx.scan``
+    and ``nnx.remat`` in the decoder) require of the Variables they see.
+    """
+    return nnx.merge_state(trainable, jax.tree.map(lambda x: x, frozen))
 
 
 def adapter_delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
