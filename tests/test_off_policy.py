@@ -99,6 +99,7 @@ def _moved(params, scale=2e-3, seed=1):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo"])
 def test_sampler_mode_equals_recompute_in_float32(mesh, setup, name):
     graphdef, params, batch = setup
