@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from precision import logits_atol
+from precision import decoder_depth, logits_atol, reorder_atol
 
 from giftjax import models
 from giftjax.models import lora
@@ -134,6 +134,44 @@ def test_gradient_reaches_only_the_adapters(remat):
     # B = 0, so only the B gradients are non-zero at the start (dL/dA = x^T g B^T = 0).
     b_norm = sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g) if x.shape[1] == 2)
     assert b_norm > 0
+
+
+def test_adapter_gradients_equal_those_of_the_merged_weights():
+    """d/dA, d/dB of a loss through qwix's low-rank path = through W + s A B (chain rule by
+    hand): two programs, so the float32 reordering bound (x a few, for the backward)."""
+    model, base_graphdef = lora.apply_lora(_model(), rank=4, alpha=8.0, targets=ALL)
+    _perturb_adapters(model)
+    graphdef, state = nnx.split(model)
+    trainable, frozen = lora.split_trainable(state, True)
+    tokens = _tokens()
+    scale = 8.0 / 4
+
+    def ce(logits):
+        logp = jax.nn.log_softmax(logits[:, :-1])
+        return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
+
+    def through_qwix(p):
+        return ce(nnx.merge(graphdef, lora.merge_trainable(p, frozen))(tokens))
+
+    def through_merged(p):
+        flat = []
+        for path, var in nnx.to_flat_state(frozen):
+            names = tuple(str(k) for k in path)
+            if len(names) == 3 and names[0] == "layers" and names[2].endswith("_proj"):
+                a = p["layers"][names[1]][names[2] + "_lora_a"][...]
+                b = p["layers"][names[1]][names[2] + "_lora_b"][...]
+                delta = jax.vmap(lambda a_l, b_l: lora.adapter_delta(a_l, b_l, scale))(a, b)
+                var = var.replace(var.get_value() + delta)
+            flat.append((path, var))
+        return ce(nnx.merge(base_graphdef, nnx.from_flat_state(flat))(tokens))
+
+    g1 = jax.jit(jax.grad(through_qwix))(trainable)
+    g2 = jax.jit(jax.grad(through_merged))(trainable)
+    depth = 2 * decoder_depth(model.config, tokens.shape[1])  # forward + backward chains
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        magnitude = float(jnp.abs(y).max())
+        assert magnitude > 0
+        np.testing.assert_allclose(x, y, atol=reorder_atol(magnitude, depth), rtol=0)
 
 
 @pytest.mark.parametrize(
