@@ -250,3 +250,22 @@ def test_peft_config_that_giftjax_cannot_read_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="use_dora"):
         models.load_peft(_model(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("rank", -1, r"model\.lora\.rank"),
+        ("dropout", 0.1, r"model\.lora\.dropout"),
+        ("targets", "q,embed", "embed"),
+        ("alpha", 0.0, r"model\.lora\.alpha"),
+    ],
+)
+def test_bad_lora_config_is_named(key, value, needle):
+    from giftjax.train import config as config_lib
+
+    c = config_lib.base_config()
+    c.model.lora.rank = 8
+    c.model.lora[key] = value
+    with pytest.raises(config_lib.ConfigError, match=needle):
+        config_lib.validate(c, num_devices=1)

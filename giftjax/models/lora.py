@@ -142,7 +142,9 @@ class _Provider(qwix.LoraProvider):
         if not self._has_adapter(rhs):
             return ptq.PtqProvider.dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs)
         out = super().dot_general(lhs, rhs, dimension_numbers, *args, **kwargs)
-        if kwargs.get("preferred_element_type") is None:
+        # (lhs, rhs, dimension_numbers, precision, preferred_element_type, ...)
+        preferred = args[1] if len(args) > 1 else kwargs.get("preferred_element_type")
+        if preferred is None:
             out = out.astype(jnp.result_type(lhs, rhs))
         return out
 
