@@ -46,6 +46,7 @@ def _tokens(b=3, t=7, seed=0):
     return jax.random.randint(jax.random.key(seed), (b, t), 0, PRESETS["tiny"].vocab_size)
 
 
+@pytest.mark.slow
 def test_zero_b_is_the_base_model_and_adapters_are_only_the_targets():
     base = _model()
     tokens = _tokens()
@@ -136,6 +137,7 @@ def test_gradient_reaches_only_the_adapters(remat):
     assert b_norm > 0
 
 
+@pytest.mark.slow
 def test_adapter_gradients_equal_those_of_the_merged_weights():
     """d/dA, d/dB of a loss through qwix's low-rank path = through W + s A B (chain rule by
     hand): two programs, so the float32 reordering bound (x a few, for the backward)."""
