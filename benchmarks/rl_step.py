@@ -9,6 +9,11 @@ decoder with 4 layers, width 256, 4 heads (2 KV heads, head dim 64), MLP 688, vo
   python benchmarks/rl_step.py                     # giftjax alone
   python benchmarks/rl_step.py --baseline tunix    # and tunix's GRPOLearner, interleaved
   python benchmarks/rl_step.py --steps 12 --json /tmp/rl_step.json
+  python benchmarks/rl_step.py --old-logps-compare --md benchmarks/results/old_logps.md
+
+``--old-logps-compare`` times ``rollout.old_logps="recompute"`` against ``"sampler"`` (two
+optimiser updates per rollout batch, so that recompute runs its pi_old pass), the two trainers
+alternating step by step in one process.
 
 The first step (compiles included) is reported apart; the steady state is the median over
 the later steps. With ``--baseline tunix`` the two frameworks alternate step by step in one
@@ -69,6 +74,47 @@ def bench_config(steps: int) -> ml_collections.ConfigDict:
     return c
 
 
+def compare_old_logps(steps: int) -> dict[str, dict[str, float]]:
+    """Steady-state figures of recompute vs sampler pi_old, 2 updates per rollout batch."""
+    trainers, rows = {}, {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for mode in ("recompute", "sampler"):
+            c = bench_config(steps)
+            c.train.updates_per_rollout = 2
+            c.rollout.old_logps = mode
+            trainers[mode] = loop.Trainer(c, os.path.join(workdir, mode))
+            rows[mode] = []
+        for step in range(steps):
+            for mode, trainer in trainers.items():
+                rows[mode].append(trainer.step(step))
+        for trainer in trainers.values():
+            trainer.close()
+    return {mode: summarise(r) for mode, r in rows.items()}
+
+
+def old_logps_table(figures: dict[str, dict[str, float]], steps: int, load: float) -> str:
+    """Markdown: the two modes' steady-state seconds and the time saved per step."""
+    lines = [
+        "| rollout.old_logps | first step (compile) | s / step | rollout | reference + pi_old "
+        "| update |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode, f in figures.items():
+        lines.append(
+            f"| {mode} | {f['first_step_s']:.2f} | {f['s_per_step']:.3f} | {f['rollout_s']:.3f} "
+            f"| {f['reference_s']:.3f} | {f['update_s']:.3f} |"
+        )
+    rec, smp = figures["recompute"], figures["sampler"]
+    saved = rec["s_per_step"] - smp["s_per_step"]
+    lines.append(
+        f"\nSaved per step by `sampler`: {saved:.3f} s ({100 * saved / rec['s_per_step']:.0f}% "
+        f"of recompute's {rec['s_per_step']:.3f} s); the reference column alone: "
+        f"{rec['reference_s'] - smp['reference_s']:.3f} s. {steps} steps each, load average "
+        f"{load:.1f}, device {jax.devices()[0].device_kind}."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """First step apart; medians of the later steps for the total and each split."""
     steady = rows[1:]
@@ -112,9 +158,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="steps per framework (>= 3)")
     parser.add_argument("--baseline", choices=("none", "tunix"), default="none")
     parser.add_argument("--json", default="", help="write the figures to this JSON file")
+    parser.add_argument(
+        "--old-logps-compare",
+        action="store_true",
+        help="time rollout.old_logps recompute vs sampler (2 updates per rollout batch)",
+    )
+    parser.add_argument("--md", default="", help="with --old-logps-compare: write a table here")
     args = parser.parse_args(argv)
     if args.steps < 3:
         parser.error("--steps must be >= 3 (one compile step, then a steady state)")
+    if args.old_logps_compare:
+        figures = compare_old_logps(args.steps)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        table = old_logps_table(figures, args.steps, load)
+        print(table)
+        if args.md:
+            head = (
+                "# RL step time: pi_old recomputed by the trainer vs taken from the sampler\n\n"
+                "Written by `python benchmarks/rl_step.py --old-logps-compare "
+                f"--steps {args.steps} --md {args.md}`: the configuration of the module "
+                "docstring with 2 optimiser updates per rollout batch; the two trainers "
+                "alternate step by step; medians of the steps after the first.\n\n"
+            )
+            with open(args.md, "w", encoding="utf-8") as f:
+                f.write(head + table)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(figures, f, indent=2)
+        return 0
 
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as workdir:

@@ -9,7 +9,14 @@ from giftjax.losses.advantages import ADVANTAGE_METHODS, ADVANTAGE_SCALES, group
 from giftjax.losses.common import AGG_MODES, aggregate, sequence_logps
 from giftjax.losses.dpo import dpo_loss
 from giftjax.losses.gift import gift_loss
-from giftjax.losses.grpo import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, kl_penalty
+from giftjax.losses.grpo import (
+    dapo_loss,
+    dr_grpo_loss,
+    grpo_loss,
+    gspo_loss,
+    kl_penalty,
+    truncated_is_weights,
+)
 from giftjax.losses.sft import sft_loss
 from giftjax.losses.una import una_loss
 
@@ -28,5 +35,6 @@ __all__ = [
     "kl_penalty",
     "sequence_logps",
     "sft_loss",
+    "truncated_is_weights",
     "una_loss",
 ]

@@ -11,6 +11,8 @@ The advantages are computed beforehand (``giftjax.losses.group_advantages``).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -133,6 +135,7 @@ def grpo_loss(
     agg: str = "token-mean",
     max_len: int | None = None,
     preset: str | None = None,
+    is_weights: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     r"""Clipped surrogate policy loss of GRPO and its variants (DAPO, Dr.GRPO, GSPO).
 
@@ -155,6 +158,9 @@ def grpo_loss(
       ``A_i < 0`` the policy term is capped at ``c |A_i|``; ``c`` must be > 1.
     - KL term (when ``kl_coef != 0``): ``kl_coef * KL_{i,t}`` with the estimator
       ``kl_estimator`` of :func:`kl_penalty` against ``ref_logps``.
+    - ``is_weights`` (optional, ``[B, T]``, held constant): multiplies the policy term of
+      each token, ``l = w * pg + kl``; the trainer passes the truncated importance weights
+      of :func:`truncated_is_weights` when it takes pi_old from the sampler.
     - ``agg`` reduces ``l`` over the mask with :func:`giftjax.losses.common.aggregate`:
       ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
       ``seq-mean-token-sum-norm`` (divided by ``max_len``, default ``T``).
@@ -188,6 +194,7 @@ def grpo_loss(
       max_len: the constant length of ``seq-mean-token-sum-norm`` (default ``T``); set it
         to the generation budget so that micro-batches of different ``T`` agree.
       preset: ``None``, ``"grpo"``, ``"dapo"``, ``"dr_grpo"`` or ``"gspo"``.
+      is_weights: ``None`` or ``[B, T]`` per-token weights of the policy term (no gradient).
 
     Returns:
       ``(loss, aux)``: ``loss = aux["numerator"] / aux["denominator"]`` (0 if nothing is
@@ -225,7 +232,9 @@ def grpo_loss(
     importance, agg = args["importance"], args["agg"]
 
     # Trace-time checks.
-    check_token_inputs(logps, mask, {"old_logps": old_logps, "ref_logps": ref_logps})
+    check_token_inputs(
+        logps, mask, {"old_logps": old_logps, "ref_logps": ref_logps, "is_weights": is_weights}
+    )
     check_per_sequence("advantages", advantages, logps.shape[0])
     check_choice("importance", importance, IMPORTANCE_MODES)
     check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
@@ -268,6 +277,8 @@ def grpo_loss(
         pg = jnp.where(dual_active, cap, pg)
     else:
         dual_active = jnp.zeros_like(clip_active)
+    if is_weights is not None:
+        pg = pg * jax.lax.stop_gradient(is_weights.astype(jnp.float32))
 
     per_token = pg
     if ref_logps is not None:
@@ -289,6 +300,43 @@ def grpo_loss(
         "grpo/advantage_mean": jnp.mean(advantages.astype(jnp.float32)),
     }
     return finish(numerator, denominator, metrics)
+
+
+def truncated_is_weights(
+    trainer_logps: Array, sampler_logps: Array, mask: Array, *, cap: float
+) -> tuple[Array, dict[str, Array]]:
+    r"""Truncated importance weights from the sampler to the trainer (TIS).
+
+    .. math::  w_{i,t} = \min(\exp(\log\pi_{trainer} - \log\pi_{sampler}), C)
+
+    computed as ``exp(min(d, log C))`` (no overflow for any finite ``d``), with no gradient.
+    The sampler's log-probs differ from the trainer's by numerics (another kernel, dtype or
+    batch shape: the training-inference mismatch) and, once the policy has moved, by the
+    updates since sampling; the weight corrects both, truncated at ``C`` as verl's and
+    tunix's TIS do (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You
+    Off-Policy RL Training").
+
+    Args:
+      trainer_logps: ``[B, T]`` the trainer's log-probs of the sampled tokens.
+      sampler_logps: ``[B, T]`` the sampler's log-probs of the same tokens.
+      mask: ``[B, T]`` response mask.
+      cap: ``C >= 1``.
+
+    Returns:
+      ``(w [B, T] float32, aux)`` with ``aux["logprob/tis_truncated"]``, the share of
+      response tokens whose weight was capped, and ``aux["logprob/tis_weight_mean"]``.
+    """
+    check_scalar("cap", cap, low=1.0)
+    check_token_inputs(trainer_logps, mask, {"sampler_logps": sampler_logps})
+    m = as_float_mask(mask)
+    d = jax.lax.stop_gradient(trainer_logps.astype(jnp.float32) - sampler_logps.astype(jnp.float32))
+    log_cap = math.log(cap)
+    w = jnp.exp(jnp.clip(d, -MAX_LOG_RATIO, log_cap))
+    aux = {
+        "logprob/tis_truncated": masked_mean((d > log_cap).astype(jnp.float32), m),
+        "logprob/tis_weight_mean": masked_mean(w, m),
+    }
+    return w, aux
 
 
 def _wrapper(preset: str):

@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from giftjax import sharding as sharding_lib
+from giftjax.models import lora
 from giftjax.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from giftjax.models.decoder import Decoder
 
@@ -280,7 +281,8 @@ def save_hf(
     """Writes `model` as a Hugging Face checkpoint that transformers' `from_pretrained` loads.
 
     Args:
-      model: the Decoder.
+      model: the Decoder; with LoRA adapters, the merged weights ``W + (alpha / r) A B`` are
+        written (save the adapters alone with ``peft_io.save_peft``).
       path: output folder (created).
       dtype: dtype of the written tensors (default: the parameter dtype).
       max_shard_size: bytes per safetensors file; more writes shards and an index json.
@@ -290,6 +292,8 @@ def save_hf(
     Multi-host note: parameters are fetched with `jax.device_get`, which needs them fully
     addressable (single host, or gather them first).
     """
+    if lora.has_adapters(model):
+        model = lora.merged_model(model)  # W + (alpha / r) A B: a plain checkpoint
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     config = model.config

@@ -17,7 +17,7 @@ from flax import nnx
 from giftjax.models.attention import Attention
 from giftjax.models.config import ModelConfig
 from giftjax.models.norm import RMSNorm
-from giftjax.models.params import Constrain, no_constraint, param
+from giftjax.models.params import Constrain, matmul, no_constraint, param
 
 
 class MLP(nnx.Module):
@@ -51,14 +51,14 @@ class MLP(nnx.Module):
         dt = x.dtype
         b, t, d = x.shape
         x2 = x.reshape(b * t, d)  # [B*T, D]
-        gate = x2 @ self.gate_proj[...].astype(dt)  # [B*T, F]
-        up = x2 @ self.up_proj[...].astype(dt)  # [B*T, F]
+        gate = matmul(x2, self.gate_proj[...])  # [B*T, F]
+        up = matmul(x2, self.up_proj[...])  # [B*T, F]
         if self.config.mlp_bias:
             gate = gate + self.gate_bias[...].astype(dt)
             up = up + self.up_bias[...].astype(dt)
         hidden = (jax.nn.silu(gate) * up).reshape(b, t, -1)  # [B, T, F]
         hidden = constrain(hidden, ("batch", "length", "mlp"))
-        y = hidden.reshape(b * t, -1) @ self.down_proj[...].astype(dt)  # [B*T, D]
+        y = matmul(hidden.reshape(b * t, -1), self.down_proj[...])  # [B*T, D]
         if self.config.mlp_bias:
             y = y + self.down_bias[...].astype(dt)
         return y.reshape(b, t, d)

@@ -29,6 +29,18 @@ def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return x
 
 
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` over the last axis of x and the first of w, with w cast to x's dtype:
+    [..., I] x [I, O] -> [..., O].
+
+    One ``lax.dot_general`` (what ``x @ w`` lowers to), written out so that qwix's LoRA
+    interception, which hooks ``dot_general`` and ``einsum`` but not the ``@`` operator,
+    sees the projection (giftjax/models/lora.py).
+    """
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    return jax.lax.dot_general(x, w.astype(x.dtype), dims)
+
+
 def param(
     rngs: nnx.Rngs,
     shape: tuple[int, ...],

@@ -46,6 +46,8 @@ FILE_SOURCES = ("jsonl", "parquet", "gsm8k", "math500")
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 TEMPLATES = ("plain", "chat")
+OLD_LOGPS = ("recompute", "sampler")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 EXECUTORS = ("thread", "process")
 DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "full", "dots", "dots_no_batch", "save_qkv_proj")
@@ -76,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.shape = ml_collections.ConfigDict()  # overrides of the preset's shape (None: keep)
     for key in SHAPE_KEYS:
         c.model.shape[key] = _placeholder(int)
+    # LoRA (giftjax/models/lora.py, through qwix): rank 0 trains every weight.
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0  # > 0: train rank-r adapters only, the base weights stay frozen
+    c.model.lora.alpha = 16.0  # the adapter update is scaled by alpha / rank (PEFT's lora_alpha)
+    c.model.lora.targets = "q,k,v,o,gate,up,down"  # comma-separated projections to adapt
+    c.model.lora.dropout = 0.0  # only 0 is supported
 
     # --- Mesh: sizes over ("data", "fsdp", "tensor"); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict()
@@ -123,6 +131,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
     c.rollout.stop_at_eos = True  # False: always max_new_tokens tokens (benchmarks)
+    # pi_old of the GRPO-family ratio: "recompute" (a trainer pass over the rollout batch when
+    # updates_per_rollout > 1) or "sampler" (the sampler's log-probs, no pass, with a truncated
+    # importance weight min(exp(trainer - sampler), tis_cap); see giftjax/train/step.py).
+    c.rollout.old_logps = "recompute"
+    c.rollout.tis_cap = 2.0
 
     # --- Algorithm: the name picks the loss and the loop.
     c.algo = ml_collections.ConfigDict()
@@ -279,6 +292,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     _choice("optim.schedule", c.optim.schedule, SCHEDULES)
     _choice("algo.hybrid.rl", c.algo.hybrid.rl, ("gift", *GRPO_FAMILY))
     _choice("algo.gift.preset", c.algo.gift.preset, ("", "author"))
+    _choice("rollout.old_logps", c.rollout.old_logps, OLD_LOGPS)
+    if not c.rollout.tis_cap >= 1.0:
+        raise ConfigError(
+            f"config.rollout.tis_cap={c.rollout.tis_cap!r} must be >= 1 (the truncated "
+            "importance weight min(exp(trainer - sampler), cap) must allow weight 1)."
+        )
+    _validate_lora(c.model.lora)
     if not c.model.hf_path and not c.model.preset:
         raise ConfigError("config.model.preset is empty and config.model.hf_path is not set.")
     if c.data.source in FILE_SOURCES and not c.data.path:
@@ -383,6 +403,26 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
                 "statistics (mu would never leave its prior path); use it only with "
                 "config.algo.gac.mode='fixed' or 'prior'."
             )
+
+
+def _validate_lora(lora: ml_collections.ConfigDict) -> None:
+    _at_least("model.lora.rank", lora.rank, 0, " (0 turns LoRA off)")
+    if lora.rank == 0:
+        return
+    if not lora.alpha > 0:
+        raise ConfigError(f"config.model.lora.alpha={lora.alpha!r} must be > 0.")
+    if lora.dropout != 0:
+        raise ConfigError(
+            f"config.model.lora.dropout={lora.dropout!r}: only 0 is supported (LoRA dropout "
+            "would make the trainer's log-probs random and unequal to the sampler's)."
+        )
+    names = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
+    unknown = [t for t in names if t not in LORA_TARGETS]
+    if unknown or not names:
+        raise ConfigError(
+            f"config.model.lora.targets={lora.targets!r}: unknown or empty {unknown}; "
+            f"choose comma-separated names among {LORA_TARGETS}."
+        )
 
 
 def _divisors(n: int) -> list[int]:

@@ -117,14 +117,17 @@ class Trainer:
                 f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
                 f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
             )
+        model, self.base_graphdef = state_lib.apply_lora(model, c, self.mesh)
+        self.lora = step_lib.is_lora(c)
         self.warmup = c.train.warmup_sft_steps
         self.total_steps = self.warmup + c.train.steps
         self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
         # DPO's implicit reward is always measured against the initial model (its reference
         # must not move with the policy); the RL losses follow algo.reference.
+        # With LoRA the initial model is the base with the adapters off: no copy is kept.
         keep_ref = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
         self.graphdef, state = state_lib.init_state(
-            model, self.tx, seed=c.seed, keep_reference=keep_ref
+            model, self.tx, seed=c.seed, keep_reference=keep_ref and not self.lora, lora=self.lora
         )
         self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
         self.state = jax.device_put(state, self.state_sharding)
@@ -143,9 +146,17 @@ class Trainer:
             param_sharding=param_sh,
             group_size=step_lib.rollout_group_size(c),
         )
-        self.demo_logps = step_lib.make_logps_fn(
-            self.graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=1.0,
-            param_sharding=param_sh,
+        # Log-probs under the initial model: the kept copy, or with LoRA the base weights of
+        # the policy's own state run through the base graphdef (adapters off).
+        ref_graphdef, ref_sh = self.graphdef, param_sh
+        if self.lora:
+            ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
+        self.ref_logps, self.demo_ref_logps = (
+            step_lib.make_logps_fn(
+                ref_graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=t,
+                param_sharding=ref_sh,
+            )
+            for t in (c.rollout.temperature, 1.0)
         )  # fmt: skip
         kw = {"mesh": self.mesh, "prompt_len": tp, "state_sharding": self.state_sharding}
         name = c.algo.name
@@ -166,7 +177,16 @@ class Trainer:
             self.update = self.sft_update
         rl_name = c.algo.hybrid.rl if name == "hybrid" else name
         self.rl_name = rl_name
-        self.needs_old = c.train.updates_per_rollout > 1 and rl_name in step_lib.RL_LOSSES
+        # pi_old pass: with rollout.old_logps="sampler" the GRPO family takes pi_old from the
+        # sampler, so the pass runs only where a KL to pi_old needs it (GIFT's implicit reward
+        # always uses the trainer's own log-probs).
+        sampler_old = c.rollout.old_logps == "sampler" and rl_name in config_lib.GRPO_FAMILY
+        needs_pi_old_ref = step_lib.uses_kl(c, rl_name) and c.algo.reference == "old"
+        self.needs_old = (
+            c.train.updates_per_rollout > 1
+            and rl_name in step_lib.RL_LOSSES
+            and (not sampler_old or needs_pi_old_ref)
+        )
         self.needs_ref = c.algo.reference == "initial" and (
             rl_name == "gift" or step_lib.uses_kl(c, rl_name) or name == "dpo"
         )
@@ -335,10 +355,10 @@ class Trainer:
         batch = rollout_lib.preference_batch(
             rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
         )
-        ref = self.state.ref_params  # the initial model (kept for dpo whatever algo.reference)
+        ref = self._reference_params()  # the initial model (dpo's, whatever algo.reference)
         t_ref = time.perf_counter()
         for side in ("chosen", "rejected"):
-            lp = self.demo_logps(ref, batch[f"{side}_tokens"], batch[f"{side}_attn"])
+            lp = self.demo_ref_logps(ref, batch[f"{side}_tokens"], batch[f"{side}_attn"])
             batch[f"ref_{side}"] = losses.sequence_logps(lp, batch[f"{side}_mask"])
         t_ref = time.perf_counter() - t_ref
         self.state, m = self.update(self.state, batch)
@@ -346,6 +366,13 @@ class Trainer:
         out["time/reference"] = t_ref
         out["time/update"] = time.perf_counter() - t0 - t_ref
         return out
+
+    def _reference_params(self) -> Any:
+        """The initial model's parameters: the kept copy, or with LoRA the policy's base
+        weights (the same arrays; the adapters are left out)."""
+        if self.lora:
+            return models.lora.base_state(self.state.params)
+        return self.state.ref_params
 
     def _rl_step(self, rows, key: jax.Array, step: int) -> dict[str, float]:
         c = self.config
@@ -377,7 +404,8 @@ class Trainer:
         if self.needs_old:
             batch["old_logps"] = self.logps(self.state.params, ro.tokens, ro.attn_mask)
         if self.needs_ref:
-            batch["ref_logps"] = self.logps(self.state.ref_params, ro.tokens, ro.attn_mask)
+            ref = self._reference_params()
+            batch["ref_logps"] = self.ref_logps(ref, ro.tokens, ro.attn_mask)
         elif self.needs_old and (self.rl_name == "gift" or step_lib.uses_kl(c, self.rl_name)):
             batch["ref_logps"] = batch["old_logps"]  # reference "old": pi_old
         jax.block_until_ready(batch)
@@ -405,8 +433,9 @@ class Trainer:
                 self.state, m = self.update(self.state, part, demo)
             per_update.append(m)
         out = _mean_metrics(per_update)
-        if "logprob/mismatch" in per_update[0]:
-            out["logprob/mismatch"] = float(per_update[0]["logprob/mismatch"])
+        for key in ("logprob/mismatch", "logprob/tis_truncated", "logprob/tis_weight_mean"):
+            if key in per_update[0]:  # the first update's (the weights were the sampler's)
+                out[key] = float(per_update[0][key])
         t_upd = time.perf_counter() - t_upd
 
         # Each host scored its own rows: gather them (in process order, so the values are the

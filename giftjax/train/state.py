@@ -3,8 +3,14 @@
 ``TrainState`` holds everything a run needs to continue exactly where it stopped: the number
 of completed steps, the policy parameters, the optimiser state (GAC's state inside for
 hybrid runs), the run's base PRNG key, and, when ``algo.reference == "initial"``, a frozen
-copy of the starting parameters. The model's structure (an NNX graphdef) is static and is
-rebuilt from the config, never stored.
+copy of the starting parameters.
+
+With LoRA (``model.lora.rank > 0``) the parameters are the frozen base weights plus the
+adapters (``nnx.LoRAParam``); the optimiser state covers the adapters only, and the initial
+model is the base with the adapters off, so no reference copy is kept.
+
+The model's structure (an NNX graphdef) is static and is rebuilt from the config, never
+stored.
 
 Randomness: step ``s`` draws with ``fold_in(rng, s)``; nothing host-random enters a run, so a
 resumed run repeats an uninterrupted one bit for bit.
@@ -87,6 +93,20 @@ def build_model(
     return sharding_lib.shard_params(model, mesh, rules)
 
 
+def apply_lora(
+    model: nnx.Module, config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[nnx.Module, nnx.GraphDef | None]:
+    """``(model, base graphdef)``: with ``model.lora.rank > 0`` the model with adapters (placed
+    on ``mesh``) and the graphdef of the base model (adapters off); else ``(model, None)``."""
+    lc = config.model.lora
+    if lc.rank == 0:
+        return model, None
+    lora_model, base_graphdef = models.lora.apply_lora(
+        model, rank=lc.rank, alpha=lc.alpha, targets=lc.targets, seed=config.seed
+    )
+    return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_updates: int):
     """``optim.learning_rate`` with linear warm-up then constant, cosine or linear decay."""
     o = config.optim
@@ -136,14 +156,21 @@ def make_optimizer(
 
 
 def init_state(
-    model: nnx.Module, tx: optax.GradientTransformation, *, seed: int, keep_reference: bool
+    model: nnx.Module,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    keep_reference: bool,
+    lora: bool = False,
 ) -> tuple[nnx.GraphDef, TrainState]:
-    """The graphdef of ``model`` and a fresh TrainState (arrays where the model's are)."""
+    """The graphdef of ``model`` and a fresh TrainState (arrays where the model's are); with
+    ``lora`` the optimiser state is for the adapters only."""
     graphdef, params = nnx.split(model)
+    trainable = models.lora.adapter_state(params) if lora else params
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=tx.init(trainable),
         rng=jax.random.key_data(jax.random.key(seed)),
         ref_params=jax.tree.map(jnp.copy, params) if keep_reference else None,
     )

@@ -14,6 +14,21 @@ numerator of each micro-batch in one ``lax.scan``, sums, and divides once by the
 denominator, so the loss and the gradient do not depend on ``train.micro_batches``
 (micro-batches hold whole groups, so GIFT's and GRPO's group statistics are unchanged).
 
+``rollout.old_logps`` picks pi_old of the GRPO family. ``"recompute"`` (default): the
+trainer's log-probs of the rollout batch, one extra forward pass before the first update when
+``train.updates_per_rollout > 1`` (with one update the policy IS pi_old and the ratio is
+exactly 1: no pass). ``"sampler"``: the sampler's log-probs, no pass: each token's policy term
+is weighted by the truncated importance weight ``w = min(exp(logp - sampler_logp), C)`` (``C =
+rollout.tis_cap``, no gradient through ``w``) with the ratio taken at the current weights
+(value 1, gradient ``grad log pi``), i.e. the gradient ``w A grad log pi``. On the first
+update after sampling ``logp`` is the trainer's pi_old, so ``w = min(exp(trainer_old -
+sampler), C)`` corrects the training-inference mismatch alone; on later updates it also
+carries the policy's own drift since sampling, bounded by ``C`` in place of PPO's clip (the
+clip range is then inactive). Where the clipped ratio is inactive the two modes give the same
+loss and gradient when the sampler and trainer agree. GIFT's implicit reward always uses the
+trainer's own log-probs. Metrics: ``logprob/mismatch`` and ``logprob/tis_truncated`` (share of
+response tokens whose weight was capped).
+
 The loss is picked by ``algo.name`` from :data:`RL_LOSSES` (gift, grpo, dapo, dr_grpo,
 gspo); ``sft`` and ``dpo`` train on their own data; ``hybrid`` mixes an SFT branch and an RL
 branch with GAC (:func:`giftjax.train.hybrid.hybrid_step`).
@@ -34,6 +49,7 @@ from jax.sharding import Mesh
 
 from giftjax import kernels, losses
 from giftjax import sharding as sharding_lib
+from giftjax.models import lora as lora_lib
 from giftjax.train.hybrid import accumulate_grads, hybrid_step
 from giftjax.train.state import TrainState
 
@@ -164,6 +180,9 @@ def rollout_group_size(config: ml_collections.ConfigDict) -> int:
 
 
 def _gift(logps: Array, mb: Batch, s: ml_collections.ConfigDict) -> tuple[Array, dict]:
+    # The implicit reward k = sum_t (logps - ref) always uses the trainer's own log-probs
+    # (the recomputed pi_old, the initial model, or the current policy), never the sampler's,
+    # whatever rollout.old_logps says: no importance weight enters GIFT's regression.
     kw: dict[str, Any] = {"group_size": s.group_size, "beta": s.algo.gift.beta}
     if s.algo.gift.preset:
         kw["preset"] = s.algo.gift.preset
@@ -189,11 +208,21 @@ def _grpo_family(preset: str) -> Callable[..., tuple[Array, dict]]:
         # pi_old: recomputed before the first update, or the current policy itself when there
         # is one update per rollout batch (the ratio is then exactly 1; no extra pass).
         old = mb["old_logps"] if "old_logps" in mb else jax.lax.stop_gradient(logps)
+        extra: dict[str, Array] = {}
+        if s.rollout.old_logps == "sampler":
+            # pi_old is the sampler: no trainer pass. The ratio is taken at the current weights
+            # (value 1) and the truncated weight min(exp(trainer - sampler), C) carries the
+            # correction from the sampler to the trainer's policy (module docstring).
+            old = jax.lax.stop_gradient(logps)
+            kw["is_weights"], extra = losses.truncated_is_weights(
+                logps, mb["sampler_logps"], mb["resp_mask"], cap=s.rollout.tis_cap
+            )
         if "ref_logps" in mb:
             kw["ref_logps"] = mb["ref_logps"]
         elif s.uses_kl:
             kw["ref_logps"] = jax.lax.stop_gradient(logps)
-        return losses.grpo_loss(logps, old, mb["resp_mask"], mb["advantages"], **kw)
+        loss_value, aux = losses.grpo_loss(logps, old, mb["resp_mask"], mb["advantages"], **kw)
+        return loss_value, {**aux, **extra}
 
     return loss
 
@@ -250,10 +279,15 @@ def _split_microbatches(batch: Batch, k: int) -> dict[str, Array]:
 
 
 def _apply(
-    tx: optax.GradientTransformation, state: TrainState, grads: Any
+    tx: optax.GradientTransformation, state: TrainState, grads: Any, *, lora: bool = False
 ) -> tuple[TrainState, dict[str, Array]]:
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    """``tx`` on the trainable parameters (the adapters with LoRA: the base weights are
+    passed through untouched, bit for bit)."""
+    trainable, frozen = lora_lib.split_trainable(state.params, lora)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    params = optax.apply_updates(trainable, updates)
+    if lora:
+        params = lora_lib.merge_trainable(params, frozen)
     metrics = {
         "grad/norm": optax.tree.norm(grads),
         "params/norm": optax.tree.norm(params),
@@ -301,18 +335,40 @@ def rl_microbatch_loss(
     return mb_loss
 
 
-def _accumulating_update(mb_loss, tx: optax.GradientTransformation, k: int, *, both=False):
+def is_lora(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains LoRA adapters only (``model.lora.rank > 0``)."""
+    return config.model.lora.rank > 0
+
+
+def on_trainable(loss_fn, params: Any, lora: bool):
+    """``(trainable, loss_fn of trainable)``: with LoRA the adapters and a loss that merges
+    them with the frozen base weights (no gradient, no optimiser state for the base)."""
+    if not lora:
+        return params, loss_fn
+    trainable, frozen = lora_lib.split_trainable(params, True)
+
+    def fn(p, *args):
+        return loss_fn(lora_lib.merge_trainable(p, frozen), *args)
+
+    return trainable, fn
+
+
+def _accumulating_update(
+    mb_loss, tx: optax.GradientTransformation, k: int, *, both=False, lora=False
+):
     """``(state, batch) -> (state, metrics)``: exact micro-batch accumulation, then ``tx``.
 
     ``both=True`` hands ``{"sft": g, "rl": g}`` to ``tx`` (a GAC chain: SFT warm-up steps of a
-    hybrid run, where the mixed gradient is ``g`` whatever the weight).
+    hybrid run, where the mixed gradient is ``g`` whatever the weight). ``lora=True``
+    differentiates the adapters only.
     """
 
     def update(state: TrainState, batch: Batch):
         mbs = _split_microbatches(batch, k)
-        acc = accumulate_grads(mb_loss, state.params, mbs, collect_stats=False)
+        trainable, loss_fn = on_trainable(mb_loss, state.params, lora)
+        acc = accumulate_grads(loss_fn, trainable, mbs, collect_stats=False)
         grads = {"sft": acc.grads, "rl": acc.grads} if both else acc.grads
-        state, metrics = _apply(tx, state, grads)
+        state, metrics = _apply(tx, state, grads, lora=lora)
         if both:
             metrics["grad/norm"] = optax.tree.norm(acc.grads)
         return state, {**acc.aux, **metrics, "loss": acc.loss}
@@ -337,7 +393,7 @@ def make_rl_update(
     mb_loss = rl_microbatch_loss(
         graphdef, config, name=config.algo.name, mesh=mesh, prompt_len=prompt_len
     )
-    update = _accumulating_update(mb_loss, tx, config.train.micro_batches)
+    update = _accumulating_update(mb_loss, tx, config.train.micro_batches, lora=is_lora(config))
     return _jit_update(update, state_sharding, mesh)
 
 
@@ -387,7 +443,9 @@ def make_sft_update(
         graphdef, prompt_len=prompt_len, weighting=weighting, mesh=mesh, rules=config.mesh.rules
     )
     both = config.algo.name == "hybrid"  # warm-up steps of a hybrid run go through GAC
-    update = _accumulating_update(mb_loss, tx, config.train.micro_batches, both=both)
+    update = _accumulating_update(
+        mb_loss, tx, config.train.micro_batches, both=both, lora=is_lora(config)
+    )
     return _jit_update(update, state_sharding, mesh)
 
 
@@ -430,7 +488,7 @@ def make_dpo_update(
             label_smoothing=d.label_smoothing,
         )
 
-    update = _accumulating_update(mb_loss, tx, k)
+    update = _accumulating_update(mb_loss, tx, k, lora=is_lora(config))
     return _jit_update(update, state_sharding, mesh)
 
 
@@ -463,19 +521,25 @@ def make_hybrid_update(
         graphdef, config, name=config.algo.hybrid.rl, mesh=mesh, prompt_len=prompt_len
     )
 
+    lora = is_lora(config)
+
     def update(state: TrainState, rl_batch: Batch, sft_batch: Batch):
         rl_mbs = _split_microbatches(rl_batch, k)
         sft_mbs = _split_microbatches(sft_batch, k)
+        trainable, sft_fn = on_trainable(sft_loss, state.params, lora)
+        _, rl_fn = on_trainable(rl_mb_loss, state.params, lora)
         params, opt_state, metrics = hybrid_step(
-            state.params,
+            trainable,
             state.opt_state,
             sft_mbs,
             rl_mbs,
-            sft_loss_fn=sft_loss,
-            rl_loss_fn=rl_mb_loss,
+            sft_loss_fn=sft_fn,
+            rl_loss_fn=rl_fn,
             tx=tx,
             collect_stats=config.algo.gac.collect_stats,
         )
+        if lora:
+            params = lora_lib.merge_trainable(params, lora_lib.base_state(state.params))
         metrics = {**metrics, "params/norm": optax.tree.norm(params)}
         return state.replace(params=params, opt_state=opt_state), metrics
 

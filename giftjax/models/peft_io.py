@@ -1,0 +1,182 @@
+"""LoRA adapters in the PEFT layout: `save_peft(model, path)` and `load_peft(model, path)`.
+
+A PEFT adapter folder holds `adapter_config.json` (a `LoraConfig`: `r`, `lora_alpha`,
+`target_modules`, ...) and `adapter_model.safetensors`, which `peft.PeftModel.from_pretrained`
+loads onto the transformers model. Per layer i and target module, with transformers' Linear
+layout ([out, in]) and the LoRA update `(lora_alpha / r) * lora_B @ lora_A`:
+
+=====================================================================  =====================
+PEFT name                                                              giftjax (layer i)
+=====================================================================  =====================
+base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, D]  q_proj_lora_a [D, r]
+base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight [N*H, r]
+                                                                       q_proj_lora_b [r, N, H]
+... k_proj, v_proj (K*H), o_proj (lora_A [r, N*H], lora_B [D, r])
+base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight [r, D]    gate_proj_lora_a [D, r]
+... up_proj, down_proj (lora_A [r, F], lora_B [D, r])
+=====================================================================  =====================
+
+so ``lora_A = A.reshape(-1, r).T`` and ``lora_B = B.reshape(r, -1).T`` (the head split of
+giftjax's weights flattens head-major, as `hf_io` does). Only plain LoRA is written and read
+(no rsLoRA, DoRA, per-module ranks or bias training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from giftjax.models import lora as lora_lib
+from giftjax.models.decoder import Decoder
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# giftjax target -> (transformers submodule, module name)
+_HF_MODULES = {
+    "q": ("self_attn", "q_proj"),
+    "k": ("self_attn", "k_proj"),
+    "v": ("self_attn", "v_proj"),
+    "o": ("self_attn", "o_proj"),
+    "gate": ("mlp", "gate_proj"),
+    "up": ("mlp", "up_proj"),
+    "down": ("mlp", "down_proj"),
+}
+_BY_MODULE = {module: target for target, (_, module) in _HF_MODULES.items()}
+
+
+def peft_name(layer: int, target: str, which: str) -> str:
+    """The PEFT tensor name of ``target``'s ``which`` ("A" or "B") matrix in ``layer``."""
+    sub, module = _HF_MODULES[target]
+    return f"base_model.model.model.layers.{layer}.{sub}.{module}.lora_{which}.weight"
+
+
+def _adapter(model: Decoder, target: str) -> tuple[nnx.Variable, nnx.Variable]:
+    sub, weight = lora_lib.TARGETS[target]
+    module = getattr(model.layers, sub)
+    return getattr(module, weight + "_lora_a"), getattr(module, weight + "_lora_b")
+
+
+def save_peft(
+    model: Decoder, path: str | os.PathLike, *, base_model_name_or_path: str | None = None
+) -> None:
+    """Writes ``model``'s adapters as a PEFT LoRA adapter folder (float32 tensors).
+
+    Args:
+      model: a Decoder with adapters (``lora.apply_lora`` or :func:`load_peft`).
+      path: the output folder (created).
+      base_model_name_or_path: recorded in ``adapter_config.json`` (PEFT loads the adapter
+        onto whatever base model it is given; this only documents which one).
+    """
+    if not lora_lib.has_adapters(model):
+        raise ValueError("save_peft: the model has no LoRA adapters (see lora.apply_lora).")
+    spec: lora_lib.LoraSpec = model.lora_spec
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    r = spec.rank
+    tensors: dict[str, np.ndarray] = {}
+    for target in spec.targets:
+        a_var, b_var = _adapter(model, target)
+        a = np.asarray(jax.device_get(a_var[...]), np.float32)  # [L, *in, r]
+        b = np.asarray(jax.device_get(b_var[...]), np.float32)  # [L, r, *out]
+        for i in range(a.shape[0]):
+            tensors[peft_name(i, target, "A")] = np.ascontiguousarray(a[i].reshape(-1, r).T)
+            tensors[peft_name(i, target, "B")] = np.ascontiguousarray(b[i].reshape(r, -1).T)
+    save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": [_HF_MODULES[t][1] for t in spec.targets],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``adapter_config.json`` of a PEFT folder, checked to be plain LoRA that giftjax reads."""
+    file = os.path.join(os.fspath(path), ADAPTER_CONFIG)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file} does not exist: not a PEFT adapter folder.")
+    with open(file, encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{file}: peft_type={cfg.get('peft_type')!r}; only 'LORA' is read.")
+    for key, plain in (("use_rslora", False), ("use_dora", False), ("bias", "none")):
+        if cfg.get(key, plain) not in (plain, None):
+            raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (need {plain!r}).")
+    if cfg.get("fan_in_fan_out"):
+        raise ValueError(f"{file}: fan_in_fan_out=True is not supported (Linear layers only).")
+    for key in ("layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern"):
+        if cfg.get(key):
+            raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (plain LoRA only).")
+    modules = cfg.get("target_modules")
+    if isinstance(modules, str) or not modules:
+        raise ValueError(
+            f"{file}: target_modules={modules!r}; give the list of module names "
+            f"(among {sorted(_BY_MODULE)})."
+        )
+    unknown = [m for m in modules if m not in _BY_MODULE]
+    if unknown:
+        raise ValueError(f"{file}: target_modules {unknown} unknown; known: {sorted(_BY_MODULE)}.")
+    return cfg
+
+
+def load_peft(
+    model: Decoder, path: str | os.PathLike, *, seed: int = 0
+) -> tuple[Decoder, nnx.GraphDef]:
+    """``model`` (a base Decoder, e.g. from ``load_hf``) with the PEFT adapter at ``path``.
+
+    Returns ``(lora_model, base_graphdef)`` as ``lora.apply_lora`` does; the adapters hold the
+    saved values (in the model's parameter dtype), so training can continue from them.
+    """
+    if lora_lib.has_adapters(model):
+        raise ValueError("load_peft: the model already has adapters; give the base model.")
+    cfg = read_adapter_config(path)
+    targets = [_BY_MODULE[m] for m in cfg["target_modules"]]
+    order = [t for t in lora_lib.TARGETS if t in targets]
+    lora_model, base_graphdef = lora_lib.apply_lora(
+        model, rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), targets=order, seed=seed
+    )
+    c = model.config
+    r = int(cfg["r"])
+    file = os.path.join(os.fspath(path), ADAPTER_WEIGHTS)
+    with safe_open(file, framework="numpy") as f:
+        names = set(f.keys())
+        for target in order:
+            a_var, b_var = _adapter(lora_model, target)
+            a_shape, b_shape = lora_lib.adapter_shapes(c, target, r)
+            a_layers, b_layers = [], []
+            for i in range(c.num_layers):
+                for which in ("A", "B"):
+                    if peft_name(i, target, which) not in names:
+                        raise KeyError(f"{file} has no tensor {peft_name(i, target, which)!r}.")
+                a_layers.append(f.get_tensor(peft_name(i, target, "A")).T.reshape(a_shape))
+                b_layers.append(f.get_tensor(peft_name(i, target, "B")).T.reshape(b_shape))
+            for var, layers in ((a_var, a_layers), (b_var, b_layers)):
+                value = jnp.asarray(np.stack(layers), var[...].dtype)
+                sharding = getattr(var[...], "sharding", None)
+                var[...] = jax.device_put(value, sharding) if sharding is not None else value
+    return lora_model, base_graphdef
