@@ -102,6 +102,25 @@ def test_cached_decode_uses_the_adapters():
     np.testing.assert_allclose(np.asarray(step)[:, 0], full[:, 5], atol=atol, rtol=0)
 
 
+def test_shared_prompt_pass_uses_the_adapters():
+    """The trainer's shared-prompt log-prob pass (Decoder.shared_prefix_hidden) goes through
+    the adapters like the full forward: its hidden states equal those of the concatenated
+    rows within the float32 reordering bound, and differ from the base model's."""
+    model, _ = lora.apply_lora(_model(), rank=4, alpha=8.0, targets=ALL)
+    _perturb_adapters(model)
+    g, prompt, resp = 2, _tokens(2, 4, seed=1), _tokens(4, 3, seed=2)
+    hp, hs = model.shared_prefix_hidden(
+        prompt, jnp.ones_like(prompt), resp, jnp.ones_like(resp), group_size=g
+    )
+    rows = jnp.concatenate([jnp.repeat(prompt, g, axis=0), resp], axis=1)
+    full = np.asarray(model(rows, return_hidden=True))
+    atol = reorder_atol(float(np.abs(full).max()), decoder_depth(model.config, 7))
+    np.testing.assert_allclose(np.asarray(hs), full[:, 4:], atol=atol, rtol=0)
+    np.testing.assert_allclose(np.asarray(hp), full[::g, :4], atol=atol, rtol=0)
+    base = np.asarray(_model()(rows, return_hidden=True))
+    assert np.abs(np.asarray(hs) - base[:, 4:]).max() > 100 * atol
+
+
 def test_bfloat16_compute_keeps_activation_dtypes():
     model, _ = lora.apply_lora(_model("bfloat16"), rank=4, alpha=8.0, targets=ALL)
     _perturb_adapters(model)

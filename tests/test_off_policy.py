@@ -37,6 +37,7 @@ def setup(mesh):
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, V, (B, TP + M)).astype(np.int32)
+    tokens[:, :TP] = np.repeat(tokens[::G, :TP], G, axis=0)  # G responses to each prompt
     attn = np.ones((B, TP + M), np.int32)
     attn[:, :2] = 0
     lengths = rng.integers(2, M + 1, B)

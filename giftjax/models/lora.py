@@ -17,8 +17,8 @@ How it is wired (qwix 0.1.8, ``qwix.LoraProvider``):
   cannot appear, so :func:`apply_lora` creates the stacked adapters up front ([L, ...], with
   qwix's own initialisers: ``A`` he-uniform, ``B`` zeros) under the names qwix looks for, and
   qwix finds them inside the scan.
-- qwix wraps one method of an NNX model (``__call__``); the sampler's ``decode_step`` is
-  wrapped the same way here.
+- qwix wraps one method of an NNX model (``__call__``); the sampler's ``decode_step`` and the
+  trainer's ``shared_prefix_hidden`` are wrapped the same way here (``WRAPPED_METHODS``).
 - Only the targets named in the config get adapters (qwix's rules select modules, and q/k/v/o
   share one); the provider skips weights without adapters, and casts the result back to the
   activations' dtype (the adapters stay in the parameter dtype, float32).
@@ -189,6 +189,11 @@ def add_adapters(model: Decoder, spec: LoraSpec, *, rngs: nnx.Rngs) -> None:
         )
 
 
+# The Decoder's entry points besides ``__call__`` (which qwix wraps itself) that run the
+# layers: each must be wrapped, or its projections would silently skip the adapters.
+WRAPPED_METHODS = ("decode_step", "shared_prefix_hidden")
+
+
 def apply_lora(
     model: Decoder,
     *,
@@ -224,12 +229,15 @@ def apply_lora(
         lora_model, provider, dummy, rngs=nnx.Rngs(params=seed), skip_nnx_init=True
     )
     cls = type(lora_model)
-    decode = qwix_model._apply_interceptors(
-        cls._unquantized_type.decode_step,
-        provider,
-        output_transform=functools.partial(provider.process_model_output, "decode_step"),
-    )
-    lora_model.__class__ = type(cls.__name__, (cls,), {"decode_step": decode})
+    wrapped = {
+        name: qwix_model._apply_interceptors(
+            getattr(cls._unquantized_type, name),
+            provider,
+            output_transform=functools.partial(provider.process_model_output, name),
+        )
+        for name in WRAPPED_METHODS
+    }
+    lora_model.__class__ = type(cls.__name__, (cls,), wrapped)
     lora_model.lora_spec = spec
     return lora_model, base_graphdef
 
