@@ -16,6 +16,7 @@ import pytest
 import trainer_reward_fns
 
 from configs import hybrid_gac_cpu, smoke_cpu
+from giftjax.models import lora
 from giftjax.train import config as config_lib
 from giftjax.train import loop
 from giftjax.train.metrics import read_jsonl
@@ -180,3 +181,33 @@ def test_initial_reference_is_the_model_after_the_warm_up(tmp_path):
     ]
     assert any(moved)
     tr.close()
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_rollout_log_prob_passes_share_prompts(tmp_path, lora_rank):
+    """The trainer's pi_old and reference passes over rollout rows run each prompt once per
+    group (train.share_prompts): their compiled programs do fewer FLOPs than the same pass
+    with group size 1. (With LoRA the reference is the base graphdef.)"""
+    c = tiny_config("grpo")
+    c.algo.reference = "initial"
+    c.model.lora.rank = lora_rank
+    trainer = loop.Trainer(c, str(tmp_path / "run"))
+    b, t = c.rollout.prompts_per_step * c.rollout.group_size, c.data.max_prompt_len + 6
+    args = (
+        jax.ShapeDtypeStruct((b, t), np.int32),
+        jax.ShapeDtypeStruct((b, t), np.int32),
+    )
+
+    def flops(fn, params):
+        cost = fn.lower(params, *args).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    state = trainer.state
+    ref_params = state.ref_params if lora_rank == 0 else lora.base_state(state.params)
+    shared = flops(trainer.ref_logps, ref_params)
+    assert flops(trainer.logps, trainer.state.params) < 1.5 * shared  # the policy's pass too
+    c.train.share_prompts = False
+    unshared = loop.Trainer(c, str(tmp_path / "full"))
+    assert shared < 0.9 * flops(unshared.ref_logps, ref_params)
+    unshared.close()
+    trainer.close()

@@ -151,12 +151,13 @@ class Trainer:
         ref_graphdef, ref_sh = self.graphdef, param_sh
         if self.lora:
             ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
+        # Rollout rows share their prompt in groups; demonstrations (temperature 1) do not.
         self.ref_logps, self.demo_ref_logps = (
             step_lib.make_logps_fn(
                 ref_graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=t,
-                param_sharding=ref_sh,
+                param_sharding=ref_sh, group_size=g,
             )
-            for t in (c.rollout.temperature, 1.0)
+            for t, g in ((c.rollout.temperature, step_lib.rollout_group_size(c)), (1.0, 1))
         )  # fmt: skip
         kw = {"mesh": self.mesh, "prompt_len": tp, "state_sharding": self.state_sharding}
         name = c.algo.name
