@@ -24,7 +24,7 @@ GIB = 2**30
 
 # recipe -> the topology its docstring targets.
 RECIPES = {
-    "gsm8k_qwen2.5_0.5b_gift": "v5e:2x2",
+    "gsm8k_qwen2.5_0.5b_gift": "v5e:2x4",
     "gsm8k_qwen2.5_7b_gift": "v5p:2x2x2",
     "math_qwen2.5_7b_gift": "v5p:2x2x2",
     "math_qwen2.5_32b_gift": "v5p:4x4x4",

@@ -1,4 +1,5 @@
-"""GRPO baseline on GSM8K with Llama-3.1-8B-Instruct on a TPU v5p:2x2x2 slice (8 chips).
+"""GRPO baseline on GSM8K with Llama-3.1-8B-Instruct on a TPU v5p:2x2x2 slice (8 chips,
+2 hosts: accelerator type v5p-16).
 
 Launch on every host of the slice (nothing is downloaded):
 

@@ -1,4 +1,4 @@
-"""GIFT on GSM8K with Qwen2.5-0.5B-Instruct: one GPU, or a TPU v5e-8 (v5e:2x4).
+"""GIFT on GSM8K with Qwen2.5-0.5B-Instruct: one GPU, or a TPU v5e-8 (v5e:2x4, 8 chips).
 
 Launch (a local checkpoint and GSM8K JSONL files; nothing is downloaded):
 
@@ -8,7 +8,7 @@ Launch (a local checkpoint and GSM8K JSONL files; nothing is downloaded):
 
 HBM check before renting (compiles the train step and the sampler for the topology):
 
-  python -m giftjax.aot --config=configs/gsm8k_qwen2.5_0.5b_gift.py --topology=v5e:2x2
+  python -m giftjax.aot --config=configs/gsm8k_qwen2.5_0.5b_gift.py --topology=v5e:2x4
 
 Settings: configs/math_rl.py (GIFT against pi_old, 4 updates per rollout batch, G = 8,
 lr 1e-6, bf16 compute). The 0.5B model needs no rematerialisation (our choice: faster steps;

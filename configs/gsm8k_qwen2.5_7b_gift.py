@@ -1,4 +1,5 @@
-"""GIFT on GSM8K with Qwen2.5-7B-Instruct on a TPU v5p:2x2x2 slice (8 chips).
+"""GIFT on GSM8K with Qwen2.5-7B-Instruct on a TPU v5p:2x2x2 slice (8 chips, 2 hosts:
+accelerator type v5p-16).
 
 Launch on every host of the slice (launch/ has the pod scripts; nothing is downloaded):
 

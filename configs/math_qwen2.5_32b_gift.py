@@ -1,4 +1,5 @@
-"""GIFT on MATH with Qwen2.5-32B-Instruct on a TPU v5p:4x4x4 slice (64 chips).
+"""GIFT on MATH with Qwen2.5-32B-Instruct on a TPU v5p:4x4x4 slice (64 chips,
+16 hosts: accelerator type v5p-128).
 
 Launch on every host of the slice (nothing is downloaded):
 

@@ -1,4 +1,5 @@
-"""GIFT on MATH with Qwen2.5-7B-Instruct on a TPU v5p:2x2x2 slice (8 chips).
+"""GIFT on MATH with Qwen2.5-7B-Instruct on a TPU v5p:2x2x2 slice (8 chips, 2 hosts:
+accelerator type v5p-16).
 
 Launch on every host of the slice (nothing is downloaded; data/math/train.jsonl holds MATH
 training problems in the MATH-500 layout, evaluation on MATH-500):

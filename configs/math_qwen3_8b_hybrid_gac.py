@@ -1,4 +1,5 @@
-"""Hybrid SFT+RL under GAC on MATH with Qwen3-8B on a TPU v5p:2x2x2 slice (8 chips).
+"""Hybrid SFT+RL under GAC on MATH with Qwen3-8B on a TPU v5p:2x2x2 slice (8 chips,
+2 hosts: accelerator type v5p-16).
 
 Launch on every host of the slice (nothing is downloaded; the training rows need a
 ``solution`` field, the demonstrations of the SFT branch, as MATH's files have):

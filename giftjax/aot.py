@@ -23,8 +23,9 @@ change (mesh, micro-batches, remat, cache length, rollout batch).
 FLOPs per step: XLA's cost analysis counts a loop body once (the layer scan, the micro-batch
 scan, the decode loop), so the compiled TPU programs undercount. The report's FLOPs are the
 cost analysis of the same functions lowered with every scan unrolled (on the host CPU, one
-micro-batch holding the whole update batch, which is the same arithmetic), the decode loop
-counted ``max_new_tokens - 1`` times (every row generating to the end, an upper bound):
+micro-batch holding the whole update batch, which is the same arithmetic; on 1- and 2-layer
+copies of the model, extrapolated to L identical layers), the decode loop counted
+``max_new_tokens - 1`` times (every row generating to the end, an upper bound):
 ``sampler + passes x logps + updates_per_rollout x train``.
 
     python -m giftjax.aot --config=configs/gsm8k_qwen2.5_7b_gift.py --topology=v5p:2x2x2
@@ -166,6 +167,11 @@ class Report:
         return out
 
 
+def _progress(message: str) -> None:
+    """A progress line on stderr (compiles of 7B+ models take minutes)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _memory(compiled) -> tuple[int, int, int, int, int]:
     m = compiled.memory_analysis()
     args, outs, alias = m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes
@@ -227,29 +233,46 @@ def _decode_flops(config, mesh, rows: int, slots: int) -> float:
     return _cost_flops(decode, (state.params, prev, cache))
 
 
-def count_flops(config) -> dict[str, float]:
-    """FLOPs of one call of each program (all chips together), on one host CPU device with
-    every loop unrolled and one micro-batch per update (see the module docstring)."""
+def _count_flops_once(config) -> dict[str, float]:
     import jax
 
     from giftjax import sharding as sharding_lib
+    from giftjax.train import abstract
+
+    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
+    out: dict[str, float] = {}
+    for p in abstract.programs(config, mesh):
+        out[p.name] = _cost_flops(p.fn, p.args)
+        if p.name == "sampler":
+            m = config.rollout.max_new_tokens
+            rows = p.args[1].shape[0] * config.rollout.group_size
+            step = _decode_flops(config, mesh, rows, config.data.max_prompt_len + m)
+            # The loop body is counted once by the cost analysis; it runs up to M - 1 times.
+            out[p.name] += (m - 2) * step
+    return out
+
+
+def count_flops(config) -> dict[str, float]:
+    """FLOPs of one call of each program (all chips together), on one host CPU device with
+    every loop unrolled and one micro-batch per update (see the module docstring).
+
+    The L layers are identical, so a program's FLOPs are ``f(1) + (L - 1) (f(2) - f(1))``
+    with ``f(l)`` the count of the same program on an ``l``-layer model: two small lowerings
+    instead of one with L unrolled layers.
+    """
     from giftjax.train import abstract
 
     c = config.copy_and_resolve_references()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     c.train.micro_batches = 1
     c.algo.gac.estimator = "proxy"  # one micro-batch: the gradient estimator needs two
-    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
-    out: dict[str, float] = {}
-    for p in abstract.programs(c, mesh):
-        out[p.name] = _cost_flops(p.fn, p.args)
-        if p.name == "sampler":
-            m = c.rollout.max_new_tokens
-            rows = p.args[1].shape[0] * c.rollout.group_size
-            step = _decode_flops(c, mesh, rows, c.data.max_prompt_len + m)
-            # The loop body is counted once by the cost analysis; it runs up to M - 1 times.
-            out[p.name] += (m - 2) * step
-    return out
+    layers = abstract.model_config(c).num_layers
+    counts = []
+    for n in (1, 2):
+        c.model.shape.num_layers = n
+        counts.append(_count_flops_once(c))
+    one, two = counts
+    return {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
 
 
 def _advice(config, report_programs: list[ProgramReport], budget: int, mesh) -> list[str]:
@@ -355,9 +378,12 @@ def check(
         "ref_logps" in keys and config.algo.reference == "initial"
     )
     calls = {"train": config.train.updates_per_rollout if keys else 1, "logps": passes}
+    if flops:
+        _progress(f"counting FLOPs ({', '.join(p.name for p in progs)}, loops unrolled) ...")
     costs = count_flops(config) if flops else {}
     reports = []
     for p in progs:
+        _progress(f"compiling {p.name} for {topology} ({len(devices)} chips) ...")
         start = time.perf_counter()
         with quiet_libtpu():
             compiled = p.fn.lower(*p.args).compile()

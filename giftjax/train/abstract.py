@@ -66,15 +66,18 @@ class Program:
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """The ModelConfig the run trains: ``model.hf_path``'s config.json when that folder exists
-    (what ``load_hf`` reads), else the preset's shapes, with the config's dtypes and remat."""
+    (what ``load_hf`` reads), else the preset's shapes, with the config's dtypes, remat and
+    ``model.shape`` overrides."""
     path = os.path.join(config.model.hf_path, "config.json") if config.model.hf_path else ""
     if path and os.path.isfile(path):
+        shape = {k: int(v) for k, v in config.model.shape.items() if v is not None}
         with open(path, encoding="utf-8") as f:
             return from_hf_dict(
                 json.load(f),
                 dtype=config.model.dtype,
                 param_dtype=config.model.param_dtype,
                 remat=config.model.remat,
+                **shape,
             )
     return state_lib.model_config(config)
 
