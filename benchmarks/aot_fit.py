@@ -1,8 +1,11 @@
 """The "Will it fit?" table: every production recipe compiled for its TPU topology.
 
-Runs ``giftjax.aot.check`` (the same code as ``python -m giftjax.aot``) on each recipe and
-its target topology, one recipe per subprocess (a compile holds gigabytes), and writes
-``benchmarks/results/aot_fit.md`` and a JSON file of the full reports.
+Runs ``python -m giftjax.aot --config=configs/<recipe>.py --topology=<topology>
+--json=<dir>/<recipe>.json`` for each recipe on its target topology, one subprocess each (a
+compile holds gigabytes; ``--jobs`` run at once), and writes ``benchmarks/results/aot_fit.md``
+and ``aot_fit.json`` (the full reports). ``--reuse`` reads a recipe's report from
+``--json-dir`` when that command already wrote it there (a 32B compile takes many minutes on
+a small host).
 
     python benchmarks/aot_fit.py
     python benchmarks/aot_fit.py --only gsm8k_qwen2.5_7b_gift --out /tmp/aot_fit.md
@@ -16,7 +19,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +35,8 @@ RECIPES = {
 }
 
 
-def run_one(recipe: str, topology: str, json_path: Path) -> dict:
-    """``python -m giftjax.aot`` in a subprocess; returns its JSON report."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [
+def command(recipe: str, topology: str, json_path: Path) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "giftjax.aot",
@@ -45,14 +44,29 @@ def run_one(recipe: str, topology: str, json_path: Path) -> dict:
         f"--topology={topology}",
         f"--json={json_path}",
     ]
-    start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    print(out.stdout, flush=True)
-    if out.returncode not in (0, 1):  # 1: ran, does not fit (the table says so)
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
-    report = json.loads(json_path.read_text())
-    report["wall_s"] = time.perf_counter() - start
-    return report
+
+
+def start(recipe: str, topology: str, json_path: Path) -> subprocess.Popen:
+    """``python -m giftjax.aot ... --json=json_path`` in a subprocess."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        command(recipe, topology, json_path),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, json_path: Path) -> dict:
+    """Waits for ``proc``; its JSON report (exit status 1 means "does not fit": reported)."""
+    stdout, stderr = proc.communicate()
+    print(stdout, flush=True)
+    if proc.returncode not in (0, 1) or not json_path.exists():
+        raise RuntimeError(f"{' '.join(proc.args)} failed:\n{stderr[-4000:]}")
+    return json.loads(json_path.read_text())
 
 
 def _cell(peaks: dict[str, float], name: str) -> str:
@@ -84,33 +98,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=None, help="recipe names (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/aot_fit.md"))
+    parser.add_argument("--json-dir", default="/tmp/giftjax-aot-fit", help="per-recipe reports")
+    parser.add_argument("--reuse", action="store_true", help="read reports already in json-dir")
+    parser.add_argument("--jobs", type=int, default=1, help="compiles at once (memory!)")
     args = parser.parse_args()
     names = args.only or list(RECIPES)
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         parser.error(f"unknown recipes {unknown}; known: {sorted(RECIPES)}")
-    out = Path(args.out)
-    reports = []
-    for name in names:
-        reports.append(run_one(name, RECIPES[name], out.with_suffix(f".{name}.json")))
+    folder = Path(args.json_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {n: folder / f"{n}.json" for n in names}
+    todo = [n for n in names if not (args.reuse and paths[n].exists())]
+    running: dict[str, subprocess.Popen] = {}
+    while todo or running:
+        while todo and len(running) < max(args.jobs, 1):
+            name = todo.pop(0)
+            paths[name].unlink(missing_ok=True)
+            running[name] = start(name, RECIPES[name], paths[name])
+        name = next(iter(running))
+        finish(running.pop(name), paths[name])
+    reports = [json.loads(paths[n].read_text()) for n in names]
     import jax
 
+    out = Path(args.out)
     text = (
         "# Will it fit? Ahead-of-time HBM check of the recipes\n\n"
-        "Written by `python benchmarks/aot_fit.py` (each row is `python -m giftjax.aot "
-        "--config=configs/<recipe>.py --topology=<topology>`), compiled through libtpu on "
-        f"a CPU host ({platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}). "
-        "Peaks are GiB per chip: the compiler's peak of each program plus the train state it "
-        "does not take as an argument (the optimiser state while sampling). TFLOPs per RL "
-        "step, all chips: sampler (every row to max_new_tokens, an upper bound) + pi_old "
-        "log-probs + updates_per_rollout updates, from XLA's cost analysis with the loops "
-        "unrolled. Compile s: the three programs, on this (shared, loaded) host.\n\n"
+        "Written by `python benchmarks/aot_fit.py`: each row is the report of `python -m "
+        "giftjax.aot --config=configs/<recipe>.py --topology=<topology>`, compiled through "
+        f"libtpu on a CPU host ({platform.machine()}, {os.cpu_count()} cores, shared and "
+        f"loaded; jax {jax.__version__}). Peaks are GiB per chip: the compiler's peak of "
+        "each program plus the train state it does not take as an argument (the optimiser "
+        "state while sampling). TFLOPs per RL step, all chips: sampler (every row to "
+        "max_new_tokens, an upper bound) + pi_old log-probs + updates_per_rollout updates, "
+        "from XLA's cost analysis with the loops unrolled. Compile s: the three programs.\n\n"
         + table(reports)
     )
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(reports, indent=2) + "\n")
-    for name in names:
-        out.with_suffix(f".{name}.json").unlink(missing_ok=True)
     print(text)
 
 

@@ -41,6 +41,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -126,6 +127,8 @@ class ProgramReport:
       breakdown: named parts (parameters, optimizer_state, reference, gradients, kv_cache).
       flops: FLOPs of one call, all chips together (loops unrolled; see the module doc).
       calls_per_step: how many times an RL step runs it.
+      error: the compiler's out-of-memory message when it refused the program (then
+        ``temporaries`` is what it said it needed and ``arguments`` come from the shapes).
     """
 
     name: str
@@ -140,6 +143,7 @@ class ProgramReport:
     breakdown: dict[str, int]
     flops: float | None
     calls_per_step: int
+    error: str = ""
 
 
 @dataclasses.dataclass
@@ -165,6 +169,18 @@ class Report:
         out = dataclasses.asdict(self)
         out["peak"] = self.peak
         return out
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def temporaries_needed(message: str) -> int | None:
+    """Bytes of HLO temporaries in the TPU compiler's out-of-memory message ("... the total
+    memory required for HLO temporaries (40.65G) exceeds available HBM (15.75G)"), else None."""
+    match = re.search(r"HLO temporaries \(([\d.]+)\s*([KMGT]?)i?B?\)", message)
+    if "RESOURCE_EXHAUSTED" not in message or match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def _progress(message: str) -> None:
@@ -385,10 +401,21 @@ def check(
     for p in progs:
         _progress(f"compiling {p.name} for {topology} ({len(devices)} chips) ...")
         start = time.perf_counter()
-        with quiet_libtpu():
-            compiled = p.fn.lower(*p.args).compile()
+        error = ""
+        try:
+            with quiet_libtpu():
+                compiled = p.fn.lower(*p.args).compile()
+            args, outs, alias, temps, peak = _memory(compiled)
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses a program whose temporaries exceed the chip's HBM and
+            # says how much it needed: that is the answer, not a failure of the check.
+            needed = temporaries_needed(str(e))
+            if needed is None:
+                raise
+            error = str(e).splitlines()[0]
+            args, outs, alias = abstract.per_device_bytes(p.args), 0, 0
+            temps, peak = needed, args + needed
         seconds = time.perf_counter() - start
-        args, outs, alias, temps, peak = _memory(compiled)
         breakdown = dict(parts)
         if p.name == "train":
             breakdown["gradients"] = f32_grads
@@ -408,6 +435,7 @@ def check(
                 breakdown=breakdown,
                 flops=costs.get(p.name),
                 calls_per_step=calls.get(p.name, 1),
+                error=error,
             )
         )
     total = sum(p.flops * p.calls_per_step for p in reports) if flops else None
@@ -478,6 +506,9 @@ def format_report(report: Report) -> str:
             f"\nFLOPs per RL step: {report.flops_per_step / 1e12:.1f} TFLOPs "
             f"({report.flops_per_step / report.chips / 1e12:.1f} per chip)"
         )
+    for p in report.programs:
+        if p.error:
+            lines.append(f"\n{p.name}: the compiler ran out of HBM: {p.error}")
     free = 100 * (1 - report.peak / report.hbm)
     if report.fits:
         lines.append(

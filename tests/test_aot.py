@@ -146,3 +146,12 @@ def test_flops_extrapolated_from_two_layers_equal_the_full_count():
     assert got.keys() == want.keys()
     for name in want:
         assert got[name] == pytest.approx(want[name], rel=1e-3), name
+
+
+def test_compiler_out_of_memory_message_is_read():
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (40.65G) exceeds available HBM (15.75G)."
+    )
+    assert aot.temporaries_needed(message) == int(40.65 * 2**30)
+    assert aot.temporaries_needed("INTERNAL: something else (40.65G)") is None
