@@ -22,9 +22,9 @@ change (mesh, micro-batches, remat, cache length, rollout batch).
 
 FLOPs per step: XLA's cost analysis counts a loop body once (the layer scan, the micro-batch
 scan, the decode loop), so the compiled TPU programs undercount. The report's FLOPs are the
-cost analysis of the same functions lowered with every scan unrolled (on the host CPU, one
-micro-batch holding the whole update batch, which is the same arithmetic; on 1- and 2-layer
-copies of the model, extrapolated to L identical layers), the decode loop counted
+cost analysis of the same functions lowered with every scan unrolled (on the host CPU; the
+micro-batches unrolled too; on 1- and 2-layer copies of the model, extrapolated to L
+identical layers), the decode loop counted
 ``max_new_tokens - 1`` times (every row generating to the end, an upper bound):
 ``sampler + passes x logps + updates_per_rollout x train``.
 
@@ -270,7 +270,7 @@ def _count_flops_once(config) -> dict[str, float]:
 
 def count_flops(config) -> dict[str, float]:
     """FLOPs of one call of each program (all chips together), on one host CPU device with
-    every loop unrolled and one micro-batch per update (see the module docstring).
+    every loop unrolled (see the module docstring).
 
     The L layers are identical, so a program's FLOPs are ``f(1) + (L - 1) (f(2) - f(1))``
     with ``f(l)`` the count of the same program on an ``l``-layer model: two small lowerings
@@ -280,8 +280,6 @@ def count_flops(config) -> dict[str, float]:
 
     c = config.copy_and_resolve_references()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
-    c.train.micro_batches = 1
-    c.algo.gac.estimator = "proxy"  # one micro-batch: the gradient estimator needs two
     layers = abstract.model_config(c).num_layers
     counts = []
     for n in (1, 2):
