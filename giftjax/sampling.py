@@ -22,7 +22,7 @@ whatever the sharding (threefry values depend on shapes, not on placement).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -48,6 +48,7 @@ __all__ = [
     "bucket_size",
     "drop_dummy_rows",
     "generate",
+    "generate_fn",
     "left_pad",
     "pad_prompts",
     "sample_logits",
@@ -84,13 +85,12 @@ class _Settings(NamedTuple):
     rules: tuple | None
 
 
-def generate(
+def generate_fn(
     model: nnx.Module,
     prompt_ids: jax.Array,
     prompt_mask: jax.Array,
     *,
     max_new_tokens: int,
-    key: jax.Array,
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
@@ -100,24 +100,22 @@ def generate(
     cache_dtype: str | jnp.dtype | None = None,
     mesh: Mesh | None = None,
     rules: str | sharding_lib.Rules = "fsdp",
-) -> SampleOutput:
-    """Samples `num_samples` responses per prompt with a KV cache, in one jitted computation.
+) -> tuple[Callable[..., SampleOutput], nnx.State]:
+    """The jitted computation `generate` runs, and the model's state to call it with.
 
-    For each row, token n is drawn from `sample_logits(logits_n, fold_in(key, n), ...)` where
-    `logits_n` are the model's next-token logits after the prompt and tokens 0..n-1. Step keys
-    are `jax.random.fold_in(key, n)` and each row draws its own uniform, so rows (the samples
-    of one prompt included) are independent and the result is a deterministic function of
-    `key`. Each prompt is prefilled once and its cache repeated for its G samples (when the P
-    prompt rows shard over the mesh's data axes like the P*G rows do).
+    `fn(state, prompt_ids, prompt_mask, key) -> SampleOutput` is `generate` with every static
+    setting bound (the model's graphdef and the sampling settings), so it can be lowered and
+    compiled ahead of time from abstract arguments (`jax.jit(fn).lower(...)`, as
+    `giftjax.train.abstract` does) or shape-checked with `jax.eval_shape`.
 
     Args:
       model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:
         `init_cache`, `model(ids, mask, cache=, return_hidden=)`, `decode_step(ids, cache=)`,
-        `lm_head_weight()`).
+        `lm_head_weight()`); its parameters may be abstract (`jax.ShapeDtypeStruct`).
       prompt_ids: [P, T] int, LEFT-padded prompts (every row ends at column T-1).
-      prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one.
+      prompt_mask: [P, T] bool/int, 1 for real tokens; each row 0...0 1...1 with >= 1 one
+        (checked here when it is a concrete array).
       max_new_tokens: M >= 1, the response length (the cache has T + M slots).
-      key: a PRNG key.
       temperature: >= 0; 0 is greedy decoding.
       top_p: nucleus mass in (0, 1]; 1 disables.
       top_k: >= 0; 0 disables.
@@ -131,7 +129,7 @@ def generate(
       rules: the logical-axis rules table (name or table, see giftjax.sharding).
 
     Returns:
-      SampleOutput(tokens [P*G, M] int32, mask [P*G, M] int32, logps [P*G, M] float32).
+      `(fn, state)`.
     """
     check_sampling_args(temperature, top_k, top_p)
     if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
@@ -180,7 +178,60 @@ def generate(
         rules=rules if mesh is not None else None,
     )
     graphdef, state = nnx.split(model)
-    return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings)
+    return functools.partial(_generate_jit, graphdef, settings=settings), state
+
+
+def generate(
+    model: nnx.Module,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    *,
+    max_new_tokens: int,
+    key: jax.Array,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int | None = None,
+    cache_dtype: str | jnp.dtype | None = None,
+    mesh: Mesh | None = None,
+    rules: str | sharding_lib.Rules = "fsdp",
+) -> SampleOutput:
+    """Samples `num_samples` responses per prompt with a KV cache, in one jitted computation.
+
+    For each row, token n is drawn from `sample_logits(logits_n, fold_in(key, n), ...)` where
+    `logits_n` are the model's next-token logits after the prompt and tokens 0..n-1. Step keys
+    are `jax.random.fold_in(key, n)` and each row draws its own uniform, so rows (the samples
+    of one prompt included) are independent and the result is a deterministic function of
+    `key`. Each prompt is prefilled once and its cache repeated for its G samples (when the P
+    prompt rows shard over the mesh's data axes like the P*G rows do).
+
+    Args:
+      model, prompt_ids, prompt_mask, max_new_tokens: see `generate_fn`.
+      key: a PRNG key.
+      temperature, top_p, top_k, num_samples, eos_id, pad_id, cache_dtype, mesh, rules: see
+        `generate_fn`.
+
+    Returns:
+      SampleOutput(tokens [P*G, M] int32, mask [P*G, M] int32, logps [P*G, M] float32).
+    """
+    fn, state = generate_fn(
+        model,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_samples=num_samples,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        cache_dtype=cache_dtype,
+        mesh=mesh,
+        rules=rules,
+    )
+    return fn(state, prompt_ids, prompt_mask, key)
 
 
 def _constrain(x: jax.Array, names: tuple, s: _Settings) -> jax.Array:

@@ -373,7 +373,9 @@ class Decoder(nnx.Module):
                 x, cos, sin, attn_mask, cache=kv, index=index, layer=i, constrain=constrain
             )
 
-        layer = self._remat(layer)
+        # No remat on the cache paths: they run in the sampler, never under a gradient, where
+        # recomputation saves nothing (and nnx.remat inside the decode scan raised
+        # TraceContextError, so a model with remat != "none" could not sample).
 
         def body(carry, block):
             x, kv, i = carry
@@ -410,7 +412,7 @@ class Decoder(nnx.Module):
                 x, cos, sin, attn_mask, layer_cache=(k_l, v_l), index=index, constrain=constrain
             )
 
-        layer = self._remat(layer)
+        # No remat here either (see _run_layers_extend).
 
         def body(x, block, k_l, v_l):
             return layer(block, x, k_l, v_l)  # x, (k, v) [B, 1, K, H]

@@ -87,6 +87,7 @@ def build_model(
             param_dtype=jnp.dtype(config.model.param_dtype),
             mesh=mesh,
             rules=rules,
+            remat=config.model.remat,  # the checkpoint's config.json knows no remat policy
         )
     mcfg = model_config(config, vocab_size)
     model = models.Decoder(mcfg, rngs=nnx.Rngs(params=config.seed))

@@ -577,3 +577,31 @@ def make_logps_fn(
         lambda p, t, a: jax.lax.stop_gradient(fn(p, t, a)),
         in_shardings=(param_sharding, None, None),
     )
+
+
+def make_update(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh,
+    prompt_len: int,
+    state_sharding: TrainState,
+):
+    """The jitted update of ``algo.name``: :func:`make_rl_update` for the RL losses,
+    :func:`make_hybrid_update` (``(state, rl_batch, sft_batch)``) for ``hybrid``,
+    :func:`make_dpo_update` for ``dpo`` and :func:`make_sft_update` for ``sft``."""
+    kw = {"mesh": mesh, "prompt_len": prompt_len, "state_sharding": state_sharding}
+    name = config.algo.name
+    if name in RL_LOSSES:
+        return make_rl_update(graphdef, tx, config, **kw)
+    if name == "hybrid":
+        return make_hybrid_update(graphdef, tx, config, demo_prompt_len=prompt_len, **kw)
+    if name == "dpo":
+        return make_dpo_update(graphdef, tx, config, **kw)
+    if name == "sft":
+        return make_sft_update(graphdef, tx, config, weighting=config.algo.sft.weighting, **kw)
+    raise ValueError(
+        f"config.algo.name={name!r} has no update; known: {sorted(RL_LOSSES)}, "
+        "'hybrid', 'dpo', 'sft'."
+    )
