@@ -95,12 +95,19 @@ def test_flops_count_every_layer(report):
     layer = d * nh * h + 2 * d * kh * h + nh * h * d + 3 * d * f
     weights = m.num_layers * layer
     train, logps, sampler = report.programs
-    t = c.data.max_prompt_len + c.rollout.max_new_tokens
-    rows = c.rollout.prompts_per_step * c.rollout.group_size
+    tp, g, m_new = c.data.max_prompt_len, c.rollout.group_size, c.rollout.max_new_tokens
+    rows = c.rollout.prompts_per_step * g
     update_rows = rows // c.train.updates_per_rollout
-    assert train.flops >= 3 * 2 * weights * update_rows * (t - 1)
-    assert logps.flops >= 2 * weights * rows * (t - 1)
-    assert sampler.flops >= 2 * weights * rows * (t - 1)  # prefill Tp, then M - 1 tokens
+
+    def tokens(n_rows: int) -> int:
+        # Each prompt once per group (train.share_prompts; the sampler's prefill too), then
+        # the M - 1 response positions that predict a next token (or are decoded) per row.
+        return n_rows // g * tp + n_rows * (m_new - 1)
+
+    assert c.train.share_prompts
+    assert train.flops >= 3 * 2 * weights * tokens(update_rows)
+    assert logps.flops >= 2 * weights * tokens(rows)
+    assert sampler.flops >= 2 * weights * tokens(rows)
     assert train.calls_per_step == 2 and logps.calls_per_step == 1
     expected = train.flops * 2 + logps.flops + sampler.flops
     assert report.flops_per_step == pytest.approx(expected, rel=1e-12)
