@@ -8,8 +8,9 @@ rollouts per step for every method. Methods (``METHODS``):
 - ``gift``: GIFT, safe default (std floor), reference pi_old, 4 updates per rollout batch;
 - ``gift_author``: the same with the ``author`` preset (the released code's settings);
 - ``gift_initial``: GIFT with the frozen post-warm-up model as reference, 4 updates;
-- ``gift_u1``: GIFT with pi_old and 1 update per rollout batch, which DESIGN 2.1 predicts is a
-  rescaled GRPO step; ``grpo_u1``: GRPO with 1 update per rollout batch, its counterpart;
+- ``gift_u1``: GIFT with pi_old and 1 update per rollout batch, which GIFT's derivation
+  predicts is a rescaled GRPO step; ``grpo_u1``: GRPO with 1 update per rollout batch, its
+  counterpart;
 - ``grpo`` (KL 0.04 to the post-warm-up model), ``dapo``, ``dr_grpo``, ``gspo``: their presets,
   4 updates per rollout batch (PPO-style clipping over the 4 updates).
 
