@@ -261,9 +261,7 @@ def _batch_shards(s: _Settings) -> int:
     """How many shards the rows' (batch) axis is split into on the settings' mesh."""
     if s.mesh is None:
         return 1
-    axes = sharding_lib.logical_to_spec(("batch",), s.rules)[0]
-    axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
-    return int(np.prod([s.mesh.shape[a] for a in axes]))
+    return sharding_lib.num_shards(sharding_lib.logical_to_spec(("batch",), s.rules)[0], s.mesh)
 
 
 def _repeat_rows(cache: KVCache, g: int) -> KVCache:

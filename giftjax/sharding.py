@@ -144,6 +144,12 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
+def num_shards(axes: str | tuple[str, ...] | None, mesh: Mesh) -> int:
+    """How many pieces a dimension is split into by one PartitionSpec entry (None: 1)."""
+    axes = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def named_sharding(
     names: Sequence[str | None],
     shape: Sequence[int],
@@ -162,11 +168,9 @@ def named_sharding(
         raise ValueError(f"{what}: logical names {tuple(names)} do not match shape {shape}.")
     spec = logical_to_spec(names, rules)
     for dim, (size, axes, name) in enumerate(zip(shape, spec, names, strict=True)):
-        if axes is None:
-            continue
-        axes = axes if isinstance(axes, tuple) else (axes,)
-        n = math.prod(mesh.shape[a] for a in axes)
+        n = num_shards(axes, mesh)
         if size % n:
+            axes = axes if isinstance(axes, tuple) else (axes,)
             raise ValueError(
                 f"{what}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh "
                 f"axes {axes} of total size {n}; change the mesh shape or the rule for {name!r}."
@@ -263,7 +267,5 @@ def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh, rules: Rule
     """
     spec = []
     for size, axes in zip(x.shape, logical_to_spec(names, rules), strict=True):
-        tup = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-        ok = tup and size % math.prod(mesh.shape[a] for a in tup) == 0
-        spec.append(axes if ok else None)
+        spec.append(axes if axes and size % num_shards(axes, mesh) == 0 else None)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
