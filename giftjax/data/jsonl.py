@@ -8,16 +8,14 @@ with the file and line named, not hours later. Each record becomes
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
 from typing import Any
 
-from giftjax.data.records import to_record
+from giftjax.data.records import FileRecords
 
 __all__ = ["JsonlSource"]
 
 
-class JsonlSource(Sequence):
+class JsonlSource(FileRecords):
     """Random access over the records of a JSONL file (grain's source protocol).
 
     Blank lines are skipped; every other line must be a JSON object holding the prompt field
@@ -38,32 +36,17 @@ class JsonlSource(Sequence):
         all; the message names the file and the 1-based line.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        prompt_field: str = "prompt",
-        answer_field: str | None = "answer",
-        extra_fields: Sequence[str] = (),
-    ):
-        self.path = os.fspath(path)
-        if isinstance(extra_fields, str):
-            raise TypeError(
-                f"extra_fields must be a sequence of field names; received {extra_fields!r}."
-            )
-        self.prompt_field, self.answer_field = prompt_field, answer_field
-        self.extra_fields = tuple(extra_fields)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(
-                f"JSONL file {self.path!r} not found (set its path with the config key data.path)."
-            )
-        self._records: list[dict[str, Any]] = []
+    FORMAT = "JSONL"
+
+    def _read(self) -> list[dict[str, Any]]:
+        records = []
         with open(self.path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
-                    self._records.append(self._parse(line, line_no))
-        if not self._records:
+                    records.append(self._parse(line, line_no))
+        if not records:
             raise ValueError(f"{self.path}: no records (the file is empty or only blank lines).")
+        return records
 
     def _where(self, line_no: int) -> str:
         return f"{self.path}, line {line_no}"
@@ -75,25 +58,4 @@ class JsonlSource(Sequence):
             raise ValueError(
                 f"{self._where(line_no)}: invalid JSON ({e.msg} at column {e.colno})."
             ) from None
-        return to_record(
-            row,
-            self._where(line_no),
-            prompt_field=self.prompt_field,
-            answer_field=self.answer_field,
-            extra_fields=self.extra_fields,
-        )
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [dict(r) for r in self._records[index]]
-        return dict(self._records[index])
-
-    def __repr__(self) -> str:
-        return (
-            f"JsonlSource({self.path!r}, prompt_field={self.prompt_field!r}, "
-            f"answer_field={self.answer_field!r}, extra_fields={self.extra_fields}, "
-            f"rows={len(self)})"
-        )
+        return self._record(row, self._where(line_no))

@@ -8,11 +8,9 @@ row named. Needs ``pyarrow`` (``pip install giftjax[data]``).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
-from giftjax.data.records import to_record
+from giftjax.data.records import FileRecords
 
 __all__ = ["ParquetSource"]
 
@@ -40,7 +38,7 @@ def _read_rows(path: str, columns: list[str]) -> list[dict[str, Any]]:
     return pq.read_table(path, columns=list(dict.fromkeys(columns))).to_pylist()
 
 
-class ParquetSource(Sequence):
+class ParquetSource(FileRecords):
     """Random access over the records of a Parquet file (grain's source protocol).
 
     Each row must hold the prompt field (a non-empty string), the answer field (a string or a
@@ -61,52 +59,18 @@ class ParquetSource(Sequence):
         no rows; the message names the file and the 1-based row.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        prompt_field: str = "prompt",
-        answer_field: str | None = "answer",
-        extra_fields: Sequence[str] = (),
-    ):
-        self.path = os.fspath(path)
-        if isinstance(extra_fields, str):
-            raise TypeError(
-                f"extra_fields must be a sequence of field names; received {extra_fields!r}."
-            )
-        self.prompt_field, self.answer_field = prompt_field, answer_field
-        self.extra_fields = tuple(extra_fields)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(
-                f"Parquet file {self.path!r} not found (set its path with the config key "
-                "data.path)."
-            )
-        wanted = [prompt_field, *([answer_field] if answer_field else []), *self.extra_fields]
-        rows = _read_rows(self.path, wanted)
-        self._records = [
-            to_record(
-                row,
-                f"{self.path}, row {i}",
-                prompt_field=prompt_field,
-                answer_field=answer_field,
-                extra_fields=self.extra_fields,
-            )
-            for i, row in enumerate(rows, start=1)
+    FORMAT = "Parquet"
+
+    def _read(self) -> list[dict[str, Any]]:
+        wanted = [
+            self.prompt_field,
+            *([self.answer_field] if self.answer_field else []),
+            *self.extra_fields,
         ]
-        if not self._records:
+        records = [
+            self._record(row, f"{self.path}, row {i}")
+            for i, row in enumerate(_read_rows(self.path, wanted), start=1)
+        ]
+        if not records:
             raise ValueError(f"{self.path}: no records (the file has no rows).")
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [dict(r) for r in self._records[index]]
-        return dict(self._records[index])
-
-    def __repr__(self) -> str:
-        return (
-            f"ParquetSource({self.path!r}, prompt_field={self.prompt_field!r}, "
-            f"answer_field={self.answer_field!r}, extra_fields={self.extra_fields}, "
-            f"rows={len(self)})"
-        )
+        return records
