@@ -16,6 +16,7 @@ This module imports neither jax nor the trainer: the runs are separate processes
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -66,6 +67,46 @@ class Run:
 
     def workdir(self, out: Path) -> Path:
         return out / "runs" / self.method / f"lr{self.lr:g}_seed{self.seed}"
+
+
+def parser(
+    doc: str,
+    *,
+    methods: Sequence[str],
+    steps: int,
+    lrs: Sequence[float],
+    threshold: float,
+    steps_help: str = "steps",
+) -> argparse.ArgumentParser:
+    """The options both benchmark scripts take (each adds its own)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results/; --quick: benchmarks/out/quick/)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to CPUs)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 rate, 20 steps")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    p.add_argument("--steps", type=int, default=None, help=f"{steps_help} (default {steps})")
+    p.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
+    p.add_argument("--lrs", type=float, nargs="+", default=None, help=f"sweep (default {lrs})")
+    p.add_argument("--threshold", type=float, default=threshold)
+    return p
+
+
+def fill_defaults(
+    args: argparse.Namespace, *, steps: int, quick_steps: int, lrs: Sequence[float]
+) -> None:
+    """The defaults that depend on ``--quick``: output folder, seeds, steps, the rate sweep
+    (the middle rate alone when quick) and the evaluation schedule."""
+    args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.steps = args.steps or (quick_steps if args.quick else steps)
+    args.lrs = tuple(args.lrs or ((lrs[1],) if args.quick else lrs))
+    args.eval_every = 0 if args.quick else 50
+    args.eval_size = 16 if args.quick else 64
 
 
 def _flag(key: str, value: Any) -> str:

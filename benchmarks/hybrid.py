@@ -38,7 +38,6 @@ over steps for the GAC runs), and runs/.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -241,29 +240,11 @@ def reading(agg, ovh) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default benchmarks/results/; --quick: benchmarks/out/quick/)",
-    )
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to CPUs)")
-    p.add_argument("--quick", action="store_true", help="1 seed, 1 rate, 20 steps")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
-    p.add_argument("--steps", type=int, default=None, help=f"steps (default {STEPS})")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--lrs", type=float, nargs="+", default=None, help=f"sweep (default {LRS})")
+    p = _repro.parser(__doc__, methods=METHODS, steps=STEPS, lrs=LRS, threshold=0.2)
     p.add_argument("--wrong", type=float, default=0.25, help="share of wrong demonstrations")
-    p.add_argument("--threshold", type=float, default=0.2)
     args = p.parse_args(argv)
-    args.out = args.out or (_repro.QUICK_OUT if args.quick else _repro.DEFAULT_OUT)
-    args.seeds = args.seeds or (1 if args.quick else 3)
-    args.steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
-    args.lrs = tuple(args.lrs or ((LRS[1],) if args.quick else LRS))
+    _repro.fill_defaults(args, steps=STEPS, quick_steps=QUICK_STEPS, lrs=LRS)
     args.warmup = 0
-    args.eval_every = 0 if args.quick else 50
-    args.eval_size = 16 if args.quick else 64
     if not 0.0 <= args.wrong <= 1.0:
         p.error(f"--wrong={args.wrong} must be a fraction in [0, 1].")
 
