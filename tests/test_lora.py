@@ -131,9 +131,52 @@ def test_bfloat16_compute_keeps_activation_dtypes():
     assert model.layers.attn.q_proj_lora_a[...].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_gradient_reaches_only_the_adapters(remat):
-    model, _ = lora.apply_lora(_model(remat=remat), rank=2, alpha=4.0, targets=ALL)
+def _qwen3_model():
+    return _model(family="qwen3", qk_norm=True, qkv_bias=False)
+
+
+def _norm_names(qk_norm: bool) -> set[str]:
+    names = {"final_norm", "layers/input_norm", "layers/post_attn_norm"}
+    if qk_norm:
+        names |= {"layers/attn/q_norm", "layers/attn/k_norm"}
+    return {f"{n}/weight_delta" for n in names}
+
+
+def test_norm_tuning_offsets_every_gain_and_merges_into_it():
+    base = _qwen3_model()
+    tokens = _tokens()
+    expected = np.asarray(base(tokens))
+    model, base_graphdef = lora.apply_lora(
+        base, rank=2, alpha=4.0, targets="q", train_norms=True
+    )
+    assert model.lora_spec.train_norms
+    np.testing.assert_array_equal(np.asarray(model(tokens)), expected)  # zero offsets
+    names = {
+        "/".join(map(str, path))
+        for path, _ in nnx.to_flat_state(lora.adapter_state(nnx.state(model)))
+    }
+    assert names == _norm_names(True) | {"layers/attn/q_proj_lora_a", "layers/attn/q_proj_lora_b"}
+    assert model.layers.input_norm.weight_delta[...].shape == (2, 64)  # stacked like the gain
+
+    # Offsets only (B stays 0, so the low-rank path adds exact zeros): the same arithmetic as
+    # the merged gains w + delta, bit for bit; and far from the base model.
+    for path in lora.norm_paths(model.config):
+        norm = lora.norm_module(model, path)
+        key = jax.random.key(len(path) + len(path[-1]))
+        norm.weight_delta[...] = 0.5 * jax.random.normal(key, norm.weight.shape)
+    out = np.asarray(model(tokens))
+    np.testing.assert_array_equal(out, np.asarray(lora.merged_model(model)(tokens)))
+    assert np.abs(out - expected).max() > 1e-2
+    # The base graphdef ignores the offsets: the base model, with its gains untouched.
+    off = nnx.merge(base_graphdef, lora.base_state(nnx.state(model)))
+    np.testing.assert_array_equal(np.asarray(off(tokens)), expected)
+
+
+@pytest.mark.parametrize("remat, train_norms", [("none", False), ("full", True)])
+def test_gradient_reaches_only_the_adapters(remat, train_norms):
+    model, _ = lora.apply_lora(
+        _model(remat=remat), rank=2, alpha=4.0, targets=ALL, train_norms=train_norms
+    )
     graphdef, state = nnx.split(model)
     tokens = _tokens()
 
@@ -150,10 +193,14 @@ def test_gradient_reaches_only_the_adapters(remat):
 
     trainable, g = grads(state)
     assert jax.tree.structure(g) == jax.tree.structure(trainable)
-    assert len(jax.tree.leaves(g)) == 14  # 7 targets x (A, B)
+    assert len(jax.tree.leaves(g)) == 14 + 3 * train_norms  # 7 targets x (A, B) (+ 3 gains)
     # B = 0, so only the B gradients are non-zero at the start (dL/dA = x^T g B^T = 0).
-    b_norm = sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g) if x.shape[1] == 2)
+    flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(g)}
+    b_norm = sum(float(jnp.sum(x**2)) for k, x in flat.items() if k.endswith("_lora_b"))
     assert b_norm > 0
+    gains = {k: x for k, x in flat.items() if k.endswith("weight_delta")}
+    assert set(gains) == (_norm_names(False) if train_norms else set())
+    assert all(float(jnp.abs(x).max()) > 0 for x in gains.values())  # they train from step 1
 
 
 @pytest.mark.slow
@@ -215,19 +262,28 @@ def test_bad_arguments_are_named(kwargs, needle):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["qwen2_gqa4_tied", "llama_gqa4_llama3rope_untied"])
-def test_peft_adapter_loads_into_transformers_with_the_same_logits(case, tmp_path):
+@pytest.mark.parametrize(
+    "case, train_norms",
+    [
+        ("qwen2_gqa4_tied", False),
+        ("llama_gqa4_llama3rope_untied", False),
+        ("qwen3_gqa2_untied", True),  # norm tuning, q/k norms included: PEFT modules_to_save
+    ],
+)
+def test_peft_adapter_loads_into_transformers_with_the_same_logits(case, train_norms, tmp_path):
     peft = pytest.importorskip("peft")
     from hf_models import hf_logits, make_hf_model, padded_batch
 
     hf = make_hf_model(case)
     hf.save_pretrained(tmp_path / "hf")
     base = models.load_hf(tmp_path / "hf", dtype=jnp.float32)
-    model, _ = lora.apply_lora(base, rank=4, alpha=8.0, targets=ALL)
+    model, _ = lora.apply_lora(base, rank=4, alpha=8.0, targets=ALL, train_norms=train_norms)
     _perturb_adapters(model, scale=0.2)
     models.save_peft(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "hf"))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["peft_type"] == "LORA"
+    norms = ["norm", "input_layernorm", "post_attention_layernorm", "q_norm", "k_norm"]
+    assert config["modules_to_save"] == (norms if train_norms else None)
 
     tokens, mask = padded_batch(2)
     real = mask.astype(bool)
@@ -236,6 +292,8 @@ def test_peft_adapter_loads_into_transformers_with_the_same_logits(case, tmp_pat
     wrapped = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
     names = {n for n, _ in wrapped.named_parameters() if "lora_" in n}
     assert len(names) == 2 * 7 * base.config.num_layers
+    saved = {n for n, _ in wrapped.named_parameters() if "modules_to_save" in n}
+    assert len(saved) == (1 + 4 * base.config.num_layers if train_norms else 0)
     expected = hf_logits(wrapped, tokens, mask)
     atol = logits_atol(base.config, expected, kv_len=tokens.shape[1])
     np.testing.assert_allclose(merged[real], expected[real], atol=atol, rtol=0)
@@ -260,7 +318,12 @@ def test_peft_adapter_loads_into_transformers_with_the_same_logits(case, tmp_pat
         strict=True,
     ):
         assert p1 == p2
-        np.testing.assert_array_equal(np.asarray(v1.get_value()), np.asarray(v2.get_value()))
+        v1, v2 = np.asarray(v1.get_value()), np.asarray(v2.get_value())
+        if p1[-1] != "weight_delta":
+            np.testing.assert_array_equal(v1, v2)
+        else:  # saved as the gain w + delta, read back as (w + delta) - w: one rounding
+            gain = np.abs(np.asarray(lora.norm_module(model, p1[:-1]).weight[...])) + np.abs(v1)
+            np.testing.assert_allclose(v2, v1, atol=float(gain.max()) * 2.0**-23, rtol=0)
 
 
 def test_peft_config_that_giftjax_cannot_read_is_refused(tmp_path):

@@ -36,6 +36,15 @@ gate, up   [D, r]              [r, F]
 down       [F, r]              [r, D]
 =========  ==================  ==================
 
+Norm tuning (``train_norms=True``, off by default as in PEFT): every RMSNorm gain ``w``
+(each layer's input and post-attention norms, Qwen3's q/k norms, the final norm) gets a trainable
+offset ``weight_delta`` (zeros at the start), so the gain becomes ``w + delta`` while ``w`` stays
+frozen. LoRA leaves the embedding and the final norm frozen, and after the final RMSNorm the
+logits are ``(h / rms(h)) * w @ E^T``: their range is set by ``w`` and ``E`` alone, so a base whose
+output scale is small (a briefly trained toy model) caps how confident any adapted policy can
+become. Tuning the gains (a few thousand numbers) lifts that cap; PEFT saves them as
+``modules_to_save``.
+
 The adapters are ``nnx.LoRAParam`` variables (a subclass of ``nnx.Param``): filter the state
 with :data:`ADAPTERS` to get them, and with :func:`base_state` for the frozen weights. The
 base model (adapters off, e.g. the reference policy) is ``nnx.merge(base_graphdef,
@@ -76,12 +85,14 @@ TARGETS: dict[str, tuple[str, str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
-    """What to adapt: ``rank`` r >= 1, ``alpha`` (the update is scaled by alpha / r), and the
-    ``targets`` (names from :data:`TARGETS`)."""
+    """What to adapt: ``rank`` r >= 1, ``alpha`` (the update is scaled by alpha / r), the
+    ``targets`` (names from :data:`TARGETS`), and whether the RMSNorm gains train
+    (``train_norms``: an offset per gain, see the module docstring)."""
 
     rank: int
     alpha: float
     targets: tuple[str, ...]
+    train_norms: bool = False
 
     @property
     def scale(self) -> float:
@@ -189,6 +200,33 @@ def add_adapters(model: Decoder, spec: LoraSpec, *, rngs: nnx.Rngs) -> None:
         )
 
 
+def norm_paths(config: ModelConfig) -> tuple[tuple[str, ...], ...]:
+    """Attribute paths of the decoder's RMSNorm modules: the final norm, then the stacked
+    per-layer ones ([L, D] gains; Qwen3's q/k norms [L, H] where ``config.qk_norm``)."""
+    paths = [("final_norm",), ("layers", "input_norm"), ("layers", "post_attn_norm")]
+    if config.qk_norm:
+        paths += [("layers", "attn", "q_norm"), ("layers", "attn", "k_norm")]
+    return tuple(paths)
+
+
+def norm_module(model: Decoder, path: tuple[str, ...]) -> nnx.Module:
+    """The RMSNorm module at ``path`` (see :func:`norm_paths`)."""
+    return functools.reduce(getattr, path, model)
+
+
+def add_norm_deltas(model: Decoder) -> None:
+    """Gives every RMSNorm of ``model`` a trainable gain offset ``weight_delta`` (zeros, the
+    gain's shape, dtype and sharding names), in place."""
+    for path in norm_paths(model.config):
+        norm = norm_module(model, path)
+        weight = norm.weight
+        norm.weight_delta = ADAPTERS(
+            jnp.zeros_like(weight[...]),
+            out_sharding=weight.get_metadata().get("out_sharding"),
+            eager_sharding=False,
+        )
+
+
 # The Decoder's entry points besides ``__call__`` (which qwix wraps itself) that run the
 # layers: each must be wrapped, or its projections would silently skip the adapters.
 WRAPPED_METHODS = ("decode_step", "shared_prefix_hidden")
@@ -201,6 +239,7 @@ def apply_lora(
     alpha: float,
     targets: str | Sequence[str],
     seed: int = 0,
+    train_norms: bool = False,
 ) -> tuple[Decoder, nnx.GraphDef]:
     """The model with LoRA adapters (through qwix), and the base model's graphdef.
 
@@ -210,6 +249,7 @@ def apply_lora(
       alpha: the update is scaled by alpha / r (PEFT's ``lora_alpha``).
       targets: names from :data:`TARGETS`, e.g. ``"q,k,v,o,gate,up,down"``.
       seed: seeds the A initialisation.
+      train_norms: also train an offset on every RMSNorm gain (see the module docstring).
 
     Returns:
       (lora_model, base_graphdef): ``lora_model`` shares ``model``'s weight arrays (no copy)
@@ -218,10 +258,17 @@ def apply_lora(
     """
     if rank < 1:
         raise ValueError(f"LoRA rank={rank} must be >= 1 (0 means LoRA off: do not apply it).")
-    spec = LoraSpec(rank=int(rank), alpha=float(alpha), targets=parse_targets(targets))
+    spec = LoraSpec(
+        rank=int(rank),
+        alpha=float(alpha),
+        targets=parse_targets(targets),
+        train_norms=bool(train_norms),
+    )
     base_graphdef = nnx.graphdef(model)
     lora_model = nnx.clone(model)  # new Variables holding the same arrays
     add_adapters(lora_model, spec, rngs=nnx.Rngs(params=seed))
+    if spec.train_norms:
+        add_norm_deltas(lora_model)
     provider = _provider(spec)
     dummy = jnp.zeros((1, 1), jnp.int32)
     # skip_nnx_init: the adapters exist already; qwix needs inputs only to run that first call.
@@ -285,8 +332,9 @@ def adapter_delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
 
 
 def merged_model(model: Decoder) -> Decoder:
-    """A plain Decoder whose weights are ``W + (alpha / r) A B`` (for ``save_hf``), computed
-    in float32; ``model`` is unchanged."""
+    """A plain Decoder whose weights are ``W + (alpha / r) A B`` and, with ``train_norms``,
+    whose RMSNorm gains are ``w + delta`` (for ``save_hf``), computed in float32; ``model`` is
+    unchanged."""
     spec: LoraSpec = model.lora_spec
     merged = nnx.eval_shape(lambda: Decoder(model.config, rngs=nnx.Rngs(0)))
     nnx.update(merged, base_state(nnx.state(model)))
@@ -299,6 +347,20 @@ def merged_model(model: Decoder) -> Decoder:
         b = getattr(src, weight + "_lora_b")[...].astype(jnp.float32)
         delta = jax.vmap(lambda a_l, b_l: adapter_delta(a_l, b_l, spec.scale))(a, b)
         getattr(dst, weight)[...] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+    if spec.train_norms:
+        for path in norm_paths(model.config):
+            src, dst = norm_module(model, path), norm_module(merged, path)
+            dst.weight[...] = merged_gain(src)
     if model.activation_sharding is not None:
         merged.set_sharding(*model.activation_sharding)
     return merged
+
+
+def merged_gain(norm: nnx.Module) -> jax.Array:
+    """An RMSNorm's gain ``w + delta`` (float32 sum, in ``w``'s dtype); ``w`` without an
+    offset."""
+    w = norm.weight[...]
+    delta = getattr(norm, "weight_delta", None)
+    if delta is None:
+        return w
+    return (w.astype(jnp.float32) + delta[...].astype(jnp.float32)).astype(w.dtype)

@@ -33,4 +33,11 @@ class RMSNorm(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return rms_norm(x, self.weight[...], self.eps)
+        weight = self.weight[...]
+        # LoRA norm tuning (giftjax.models.lora, ``train_norms``) adds a trainable offset
+        # ``weight_delta`` [D] (zeros at the start): the gain is then weight + weight_delta,
+        # and ``weight`` itself stays frozen.
+        delta = getattr(self, "weight_delta", None)
+        if delta is not None:
+            weight = weight + delta[...]
+        return rms_norm(x, weight, self.eps)

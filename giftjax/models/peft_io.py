@@ -19,6 +19,13 @@ base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight [r, D]    gate_pro
 so ``lora_A = A.reshape(-1, r).T`` and ``lora_B = B.reshape(r, -1).T`` (the head split of
 giftjax's weights flattens head-major, as `hf_io` does). Only plain LoRA is written and read
 (no rsLoRA, DoRA, per-module ranks or bias training).
+
+With norm tuning (``train_norms``) the tuned gains ``w + delta`` are written whole, as PEFT
+writes its ``modules_to_save`` (``modules_to_save: ["norm", "input_layernorm",
+"post_attention_layernorm"]``, plus ``q_norm`` and ``k_norm`` for Qwen3):
+``base_model.model.model.norm.weight`` [D],
+``base_model.model.model.layers.{i}.input_layernorm.weight`` [D],
+``...self_attn.q_norm.weight`` [H]. Loading sets ``delta = saved - w`` on the given base.
 """
 
 from __future__ import annotations
@@ -51,6 +58,28 @@ _HF_MODULES = {
     "down": ("mlp", "down_proj"),
 }
 _BY_MODULE = {module: target for target, (_, module) in _HF_MODULES.items()}
+
+# giftjax RMSNorm path (lora.norm_paths) -> (PEFT modules_to_save name, tensor name in layer i)
+_NORMS = {
+    ("final_norm",): ("norm", "base_model.model.model.norm.weight"),
+    ("layers", "input_norm"): (
+        "input_layernorm",
+        "base_model.model.model.layers.{i}.input_layernorm.weight",
+    ),
+    ("layers", "post_attn_norm"): (
+        "post_attention_layernorm",
+        "base_model.model.model.layers.{i}.post_attention_layernorm.weight",
+    ),
+    ("layers", "attn", "q_norm"): (
+        "q_norm",
+        "base_model.model.model.layers.{i}.self_attn.q_norm.weight",
+    ),
+    ("layers", "attn", "k_norm"): (
+        "k_norm",
+        "base_model.model.model.layers.{i}.self_attn.k_norm.weight",
+    ),
+}
+_NORM_NAMES = {name for name, _ in _NORMS.values()}
 
 
 def peft_name(layer: int, target: str, which: str) -> str:
@@ -90,6 +119,20 @@ def save_peft(
         for i in range(a.shape[0]):
             tensors[peft_name(i, target, "A")] = np.ascontiguousarray(a[i].reshape(-1, r).T)
             tensors[peft_name(i, target, "B")] = np.ascontiguousarray(b[i].reshape(r, -1).T)
+    modules_to_save = None
+    if spec.train_norms:
+        modules_to_save = []
+        for npath in lora_lib.norm_paths(model.config):
+            name, tensor = _NORMS[npath]
+            modules_to_save.append(name)
+            gain = np.asarray(
+                jax.device_get(lora_lib.merged_gain(lora_lib.norm_module(model, npath))), np.float32
+            )
+            if npath[0] == "layers":  # stacked [L, D]
+                for i in range(gain.shape[0]):
+                    tensors[tensor.format(i=i)] = np.ascontiguousarray(gain[i])
+            else:
+                tensors[tensor] = gain
     save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
@@ -105,7 +148,7 @@ def save_peft(
         "use_dora": False,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": modules_to_save,
         "layers_to_transform": None,
         "layers_pattern": None,
         "rank_pattern": {},
@@ -129,9 +172,15 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (need {plain!r}).")
     if cfg.get("fan_in_fan_out"):
         raise ValueError(f"{file}: fan_in_fan_out=True is not supported (Linear layers only).")
-    for key in ("layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern"):
+    for key in ("layers_to_transform", "rank_pattern", "alpha_pattern"):
         if cfg.get(key):
             raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (plain LoRA only).")
+    saved = cfg.get("modules_to_save") or []
+    if isinstance(saved, str) or any(m not in _NORM_NAMES for m in saved):
+        raise ValueError(
+            f"{file}: modules_to_save={saved!r}; giftjax reads only RMSNorm gains there "
+            f"(among {sorted(_NORM_NAMES)})."
+        )
     modules = cfg.get("target_modules")
     if isinstance(modules, str) or not modules:
         raise ValueError(
@@ -157,8 +206,14 @@ def load_peft(
     cfg = read_adapter_config(path)
     targets = [_BY_MODULE[m] for m in cfg["target_modules"]]
     order = [t for t in lora_lib.TARGETS if t in targets]
+    saved_norms = set(cfg.get("modules_to_save") or [])
     lora_model, base_graphdef = lora_lib.apply_lora(
-        model, rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), targets=order, seed=seed
+        model,
+        rank=int(cfg["r"]),
+        alpha=float(cfg["lora_alpha"]),
+        targets=order,
+        seed=seed,
+        train_norms=bool(saved_norms),
     )
     c = model.config
     r = int(cfg["r"])
@@ -176,7 +231,30 @@ def load_peft(
                 a_layers.append(f.get_tensor(peft_name(i, target, "A")).T.reshape(a_shape))
                 b_layers.append(f.get_tensor(peft_name(i, target, "B")).T.reshape(b_shape))
             for var, layers in ((a_var, a_layers), (b_var, b_layers)):
-                value = jnp.asarray(np.stack(layers), var[...].dtype)
-                sharding = getattr(var[...], "sharding", None)
-                var[...] = jax.device_put(value, sharding) if sharding is not None else value
+                _assign(var, np.stack(layers))
+        for npath in lora_lib.norm_paths(c) if saved_norms else ():
+            name, tensor = _NORMS[npath]
+            if name not in saved_norms:
+                continue  # not saved: its offset stays zero
+            stacked = npath[0] == "layers"
+            names_i = [tensor.format(i=i) for i in range(c.num_layers)] if stacked else [tensor]
+            missing = [n for n in names_i if n not in names]
+            if missing:
+                raise KeyError(f"{file} has no tensor {missing[0]!r} (modules_to_save {name!r}).")
+            gains = [f.get_tensor(n) for n in names_i]
+            norm = lora_lib.norm_module(lora_model, npath)
+            gain = np.stack(gains) if stacked else gains[0]
+            base = np.asarray(jax.device_get(norm.weight[...]), np.float32)
+            if gain.shape != base.shape:
+                raise ValueError(
+                    f"{file}: {name} gains have shape {gain.shape}, expected {base.shape}."
+                )
+            _assign(norm.weight_delta, gain.astype(np.float32) - base)
     return lora_model, base_graphdef
+
+
+def _assign(var: nnx.Variable, value: np.ndarray) -> None:
+    """``var[...] = value`` in the variable's dtype and on its sharding."""
+    value = jnp.asarray(value, var[...].dtype)
+    sharding = getattr(var[...], "sharding", None)
+    var[...] = jax.device_put(value, sharding) if sharding is not None else value

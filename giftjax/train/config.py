@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora.alpha = 16.0  # the adapter update is scaled by alpha / rank (PEFT's lora_alpha)
     c.model.lora.targets = "q,k,v,o,gate,up,down"  # comma-separated projections to adapt
     c.model.lora.dropout = 0.0  # only 0 is supported
+    # also train an offset on every RMSNorm gain (a few thousand numbers; PEFT modules_to_save)
+    c.model.lora.train_norms = False
 
     # --- Mesh: sizes over ("data", "fsdp", "tensor"); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict()
@@ -408,6 +410,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
 def _validate_lora(lora: ml_collections.ConfigDict) -> None:
     _at_least("model.lora.rank", lora.rank, 0, " (0 turns LoRA off)")
     if lora.rank == 0:
+        if lora.train_norms:
+            raise ConfigError(
+                "config.model.lora.train_norms=True needs LoRA on: set config.model.lora.rank "
+                "> 0 (with rank 0 every weight, the norms included, trains already)."
+            )
         return
     if not lora.alpha > 0:
         raise ConfigError(f"config.model.lora.alpha={lora.alpha!r} must be > 0.")

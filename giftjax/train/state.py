@@ -103,7 +103,12 @@ def apply_lora(
     if lc.rank == 0:
         return model, None
     lora_model, base_graphdef = models.lora.apply_lora(
-        model, rank=lc.rank, alpha=lc.alpha, targets=lc.targets, seed=config.seed
+        model,
+        rank=lc.rank,
+        alpha=lc.alpha,
+        targets=lc.targets,
+        seed=config.seed,
+        train_norms=lc.train_norms,
     )
     return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
 
