@@ -70,18 +70,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
     """
     import jax
 
-    from giftjax.train import loop
+    from giftjax.train import checkpoint, loop
 
-    folder = os.path.join(workdir, "checkpoints")
-    steps = _finished_steps(folder)
-    if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {folder}.")
-    if step is None:
-        step = steps[-1]
-    if step not in steps:
-        raise FileNotFoundError(
-            f"--step={step}: no finished checkpoint for it in {folder}; finished steps: {steps}."
-        )
+    step = checkpoint.resolve_step(workdir, step)
     trainer = loop.Trainer(config, workdir, read_only=True)
     try:
         trainer.restore(step)
@@ -98,20 +89,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
     return step, metrics
 
 
-def _finished_steps(folder: str) -> list[int]:
-    if not os.path.isdir(folder):
-        return []
-    import orbax.checkpoint as ocp
-
-    return sorted(ocp.utils.checkpoint_steps(folder))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.getLogger("giftjax").setLevel(logging.INFO)
     if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns on read-only opens
     from giftjax.train.config import ConfigError
 
     try:

@@ -13,6 +13,9 @@ segment (a line may chain several with `&&`). New commands are picked up as they
 - Any other `python -m giftjax.X`: the module exists and `--help` exits 0; one that takes
   `--config=FILE` (`giftjax.eval`, which needs a trained work directory) also has its config
   loaded and its overrides checked as above.
+- `giftjax.export`, like `giftjax.eval`, runs for real after its config's training command.
+- Commands in RUN_ELSEWHERE (the LoRA smoke run, which needs the base that two other
+  commands build) are run end to end by the test named there.
 - `python benchmarks/X.py ...`: the file exists and `--help` exits 0 (HELP_ONLY says why each
   is not run for real).
 """
@@ -53,6 +56,18 @@ SHORT_VARIANTS = {
         "--config.log.progress=false"
     ),
 }
+# The LoRA smoke run's base (configs/smoke_cpu.py:base), shorter; giftjax.export runs after it.
+_BASE = "python -m giftjax.main --config=configs/smoke_cpu.py:base --workdir=/tmp/giftjax-base"
+SHORT_VARIANTS[_BASE] = _BASE + " --config.train.steps=2 --config.checkpoint.every=2"
+SHORT_VARIANTS[_BASE.replace("giftjax.main", "giftjax.export")] = SHORT_VARIANTS[_BASE].replace(
+    "giftjax.main", "giftjax.export"
+)
+# Documented commands that read what earlier commands wrote, run end to end by another test.
+RUN_ELSEWHERE = {
+    "python -m giftjax.main --config=configs/smoke_cpu.py:lora --workdir=/tmp/giftjax-lora": (
+        "tests/test_lora_smoke.py runs it on the base that the two commands before it build"
+    ),
+}
 # Why benchmarks are only started with --help: each times many repeats (minutes on a 2-core
 # CPU) and writes benchmarks/results; model_tpu_aot compiles a 7B model for a TPU pod through
 # libtpu (minutes, gigabytes of memory).
@@ -61,7 +76,7 @@ HELP_ONLY = "timed benchmarks and TPU compiles take minutes to hours; --help che
 RUN_ON_WORKDIR = {"giftjax.plot"}
 # Modules run for real on a trained run: the same config's documented training command (its
 # short variant) runs first on the work directory, then the command with the same overrides.
-RUN_AFTER_TRAINING = {"giftjax.eval"}
+RUN_AFTER_TRAINING = {"giftjax.eval", "giftjax.export"}
 SHORT_VARIANTS[
     "python -m giftjax.eval --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
 ] = SHORT_VARIANTS[
@@ -183,6 +198,7 @@ def test_commands_are_found():
     assert any(c.startswith(main) for c in config_commands()), config_commands()
     assert any(c.startswith("python benchmarks/") for c in readme_commands()), readme_commands()
     assert set(SHORT_VARIANTS) <= set(COMMANDS), set(SHORT_VARIANTS) - set(COMMANDS)
+    assert set(RUN_ELSEWHERE) <= set(COMMANDS), set(RUN_ELSEWHERE) - set(COMMANDS)
 
 
 CONFIG_MODULES = ("giftjax.main", "giftjax.demo")  # take --config=FILE and --workdir
@@ -213,6 +229,8 @@ def test_main_config_loads_and_overrides_exist(command):
 @pytest.mark.slow
 @pytest.mark.parametrize("command", MAIN)
 def test_main_command_runs(command, tmp_path):
+    if command in RUN_ELSEWHERE:
+        pytest.skip(RUN_ELSEWHERE[command])
     module, args, _ = _split(SHORT_VARIANTS.get(command, command))
     checkpoint = _checkpoint_of(args)
     if checkpoint and not (ROOT / checkpoint).is_dir():

@@ -430,3 +430,26 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def resolve_step(workdir: str, step: int | None) -> int:
+    """``step`` (None: the newest) after checking that ``workdir`` holds a finished checkpoint
+    for it; FileNotFoundError lists the finished steps otherwise."""
+    folder = os.path.join(workdir, "checkpoints")
+    steps = finished_steps(folder)
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {folder}.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(
+            f"--step={step}: no finished checkpoint for it in {folder}; finished steps: {steps}."
+        )
+    return step
+
+
+def finished_steps(folder: str) -> list[int]:
+    """The steps of ``folder``'s finished checkpoints, ascending ([] when there is none)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(ocp.utils.checkpoint_steps(folder))

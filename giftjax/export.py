@@ -1,0 +1,116 @@
+"""Export a trained policy: ``python -m giftjax.export --config=configs/NAME.py --workdir=DIR``.
+
+Opens the run as ``python -m giftjax.eval`` does (:class:`giftjax.train.loop.Trainer`,
+read-only, the same config and overrides), restores checkpoint ``--step`` (default: the newest)
+and writes the policy as a Hugging Face checkpoint to ``--out`` (default ``DIR/hf``):
+``config.json``, safetensors weights and the run's tokenizer, which transformers, vLLM and
+giftjax itself (``--config.model.hf_path=OUT``) load. A LoRA run writes the merged weights
+``W + (alpha / r) A B`` there, and its adapters alone, in the PEFT layout, to ``OUT/adapter``
+(``peft.PeftModel.from_pretrained`` or ``giftjax.models.load_peft`` on the base checkpoint).
+
+``--dtype=bfloat16`` halves the files (default: the parameter dtype, float32 in the CPU
+recipes). Nothing of the run is modified. One process only: the parameters must fit the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from giftjax.runtime import quiet_accelerator_probes
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to the run's config file (configs/*.py), optionally ':variant'.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to export (default: newest).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/hf).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "", ["", "float32", "bfloat16"], "Dtype of the written weights (default: params')."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+ADAPTER_DIR = "adapter"
+
+
+def export_checkpoint(
+    config, workdir: str, out: str | None = None, *, step: int | None = None, dtype: str = ""
+) -> tuple[int, list[str]]:
+    """Writes checkpoint ``step`` (None: the newest) of the run in ``workdir`` to ``out``
+    (None: ``workdir/hf``) as a Hugging Face checkpoint, plus ``out/adapter`` (PEFT) for a LoRA
+    run.
+
+    Returns:
+      ``(step, folders written)``.
+
+    Raises:
+      FileNotFoundError: no config.json or no finished checkpoint (for ``step``).
+      ValueError: the config differs from the run's in a key outside ``EVAL_KEYS``, or several
+        processes run (export from one host).
+    """
+    import jax
+    from flax import nnx
+
+    from giftjax import models
+    from giftjax.train import checkpoint, loop
+
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"giftjax.export runs in one process ({jax.process_count()} here): the parameters "
+            "are written from one host's memory."
+        )
+    step = checkpoint.resolve_step(workdir, step)
+    out = out or os.path.join(workdir, "hf")
+    trainer = loop.Trainer(config, workdir, read_only=True)
+    try:
+        trainer.restore(step)
+        model = nnx.merge(trainer.graphdef, trainer.state.params)
+        models.save_hf(model, out, dtype=dtype or None, tokenizer=trainer.tokenizer)
+        written = [out]
+        if trainer.lora:
+            adapter = os.path.join(out, ADAPTER_DIR)
+            base = config.model.hf_path or None
+            models.save_peft(model, adapter, base_model_name_or_path=base)
+            written.append(adapter)
+    finally:
+        trainer.close()
+    return step, written
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.getLogger("giftjax").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns on read-only opens
+    from giftjax.train.config import ConfigError
+
+    try:
+        step, written = export_checkpoint(
+            _CONFIG.value, _WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    merged = " (the adapters merged into the weights)" if len(written) > 1 else ""
+    print(f"step {step}: Hugging Face checkpoint{merged} written to {written[0]}")
+    if len(written) > 1:
+        print(f"step {step}: PEFT adapter written to {written[1]}")
+
+
+def run() -> None:
+    """Entry point (also used by ``python -m giftjax.export``)."""
+    quiet_accelerator_probes()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
