@@ -77,11 +77,12 @@ RUN_ON_WORKDIR = {"giftjax.plot"}
 # Modules run for real on a trained run: the same config's documented training command (its
 # short variant) runs first on the work directory, then the command with the same overrides.
 RUN_AFTER_TRAINING = {"giftjax.eval", "giftjax.export"}
-SHORT_VARIANTS[
-    "python -m giftjax.eval --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
-] = SHORT_VARIANTS[
-    "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
-].replace("giftjax.main", "giftjax.eval")
+for _module in RUN_AFTER_TRAINING:
+    SHORT_VARIANTS[
+        f"python -m {_module} --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
+    ] = SHORT_VARIANTS[
+        "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
+    ].replace("giftjax.main", _module)
 
 # A command template in prose ("--config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
 # shows a form, not a runnable command.
