@@ -16,16 +16,14 @@ the run's own; it may differ only in keys that leave the trained weights alone
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Mapping
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from giftjax.runtime import quiet_accelerator_probes
+from giftjax.runtime import quiet_accelerator_probes, start_read_only_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -90,11 +88,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.getLogger("giftjax").setLevel(logging.INFO)
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns on read-only opens
+    start_read_only_cli(argv)
     from giftjax.train.config import ConfigError
 
     try:

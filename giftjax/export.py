@@ -14,15 +14,13 @@ recipes). Nothing of the run is modified. One process only: the parameters must 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from giftjax.runtime import quiet_accelerator_probes
+from giftjax.runtime import quiet_accelerator_probes, start_read_only_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -86,11 +84,7 @@ def export_checkpoint(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.getLogger("giftjax").setLevel(logging.INFO)
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns on read-only opens
+    start_read_only_cli(argv)
     from giftjax.train.config import ConfigError
 
     try:

@@ -37,3 +37,19 @@ def quiet_accelerator_probes() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
     if "jax" in sys.modules:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def start_read_only_cli(argv: list[str]) -> None:
+    """The common start of ``giftjax.eval`` and ``giftjax.export`` (absl ``main``): no stray
+    arguments, giftjax's info logs shown, and absl's warnings hidden unless ``--verbosity`` is
+    given (orbax warns about every read-only open of a checkpoint folder)."""
+    import logging
+
+    from absl import app, flags
+    from absl import logging as absl_logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.getLogger("giftjax").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.ERROR)

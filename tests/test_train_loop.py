@@ -94,6 +94,14 @@ def test_missing_data_file_names_the_path_and_key(tmp_path):
     assert "data.path" in str(err.value)
 
 
+def test_missing_checkpoint_folder_names_the_key_and_the_fix(tmp_path):
+    c = tiny_config()
+    c.model.hf_path = str(tmp_path / "no-checkpoint")
+    needle = r"model\.hf_path=.*no-checkpoint.*giftjax\.export"
+    with pytest.raises(config_lib.ConfigError, match=needle):
+        loop.Trainer(c, str(tmp_path / "run"))
+
+
 def test_empty_prompt_names_the_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "reverse 12 =", "answer": "21"}\n{"prompt": "", "answer": "1"}\n')

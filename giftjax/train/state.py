@@ -19,6 +19,7 @@ resumed run repeats an uninterrupted one bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.struct
@@ -32,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from giftjax import models, optim
 from giftjax import sharding as sharding_lib
 from giftjax.models.presets import PRESETS
+from giftjax.train.config import ConfigError
 
 
 @flax.struct.dataclass
@@ -81,6 +83,12 @@ def build_model(
     """The policy on ``mesh``: loaded from ``model.hf_path`` or initialised from ``seed``."""
     rules = config.mesh.rules
     if config.model.hf_path:
+        path = config.model.hf_path
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(
+                f"config.model.hf_path={path!r} holds no config.json: give a local Hugging Face "
+                "checkpoint folder (`python -m giftjax.export` writes one from a giftjax run)."
+            )
         return models.load_hf(
             config.model.hf_path,
             dtype=jnp.dtype(config.model.dtype),
