@@ -227,19 +227,36 @@ def test_main_config_loads_and_overrides_exist(command):
                 node = node[part]
 
 
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    """``train(command) -> (completed process, workdir)``: runs a documented training command
+    (its short variant) once per module, so the commands that read its run
+    (``RUN_AFTER_TRAINING``, which leave the run as it is) share it."""
+    done: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+    def run(command: str) -> tuple[subprocess.CompletedProcess, Path]:
+        if command not in done:
+            module, args, _ = _split(SHORT_VARIANTS.get(command, command))
+            workdir = tmp_path_factory.mktemp("trained") / "workdir"
+            done[command] = (_run(["-m", module, *_substitute(args, workdir)]), workdir)
+        return done[command]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", MAIN)
-def test_main_command_runs(command, tmp_path):
+def test_main_command_runs(command, train):
     if command in RUN_ELSEWHERE:
         pytest.skip(RUN_ELSEWHERE[command])
-    module, args, _ = _split(SHORT_VARIANTS.get(command, command))
+    _, args, _ = _split(SHORT_VARIANTS.get(command, command))
     checkpoint = _checkpoint_of(args)
     if checkpoint and not (ROOT / checkpoint).is_dir():
         pytest.skip(
             f"the production recipe trains the local checkpoint {checkpoint} on an accelerator; "
             "tests/test_recipes.py validates it and builds its programs abstractly"
         )
-    out = _run(["-m", module, *_substitute(args, tmp_path / "workdir")])
+    out, _ = train(command)
     assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
 
 
@@ -274,15 +291,14 @@ AFTER_TRAINING = [c for c in MODULES if _split(c)[0] in RUN_AFTER_TRAINING]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", AFTER_TRAINING)
-def test_command_on_a_trained_run(command, tmp_path):
+def test_command_on_a_trained_run(command, train):
     module, args, _ = _split(SHORT_VARIANTS.get(command, command))
     documented = _split(command)[1]
-    train = " ".join(["python -m giftjax.main", *documented])
-    assert train in COMMANDS, f"{command}: its training command {train!r} is not documented"
-    _, train_args, _ = _split(SHORT_VARIANTS.get(train, train))
-    assert train_args == args, f"{command}: run it with the overrides of {train!r}"
-    workdir = tmp_path / "workdir"
-    out = _run(["-m", "giftjax.main", *_substitute(train_args, workdir)])
-    assert out.returncode == 0, f"{train}\n{out.stderr[-3000:]}"
+    training = " ".join(["python -m giftjax.main", *documented])
+    assert training in COMMANDS, f"{command}: its training command {training!r} is not documented"
+    _, train_args, _ = _split(SHORT_VARIANTS.get(training, training))
+    assert train_args == args, f"{command}: run it with the overrides of {training!r}"
+    out, workdir = train(training)
+    assert out.returncode == 0, f"{training}\n{out.stderr[-3000:]}"
     out = _run(["-m", module, *_substitute(args, workdir)])
     assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"

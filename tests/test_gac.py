@@ -445,7 +445,7 @@ def test_chain_with_adamw_and_metrics():
 def test_inject_hyperparams_follows_gac_under_jit():
     """optax.inject_hyperparams(optim.gac): every numeric hyperparameter becomes an array in
     the state and the prior schedule is evaluated at the update count; init and update run
-    under jit and the trajectory is DESIGN 2.4's (the float64 transcription)."""
+    under jit and the trajectory is the float64 transcription's (the update rule in optim.gac)."""
     tx = optax.inject_hyperparams(optim.gac)(
         alpha=0.5, estimator="proxy", refresh_every=2, max_step=0.05
     )

@@ -44,7 +44,9 @@ def _bytes(tree) -> int:
 
 
 def test_lora_state_is_adapters_only_and_base_weights_stay_bit_identical(tmp_path):
-    trainer = Trainer(_config(4), str(tmp_path / "lora"))
+    c = _config(4)
+    c.model.lora.train_norms = True  # the norm-gain offsets are adapters too
+    trainer = Trainer(c, str(tmp_path / "lora"))
     state = trainer.state
     adapters = lora.adapter_state(state.params)
     base_before = jax.tree.map(np.asarray, lora.base_state(state.params))
@@ -77,6 +79,7 @@ def test_lora_state_is_adapters_only_and_base_weights_stay_bit_identical(tmp_pat
         )
     ]
     assert min(moved) > 0  # every adapter trained (A too, once B is non-zero)
+    assert len(moved) == 2 * 7 + 3  # A and B of 7 projections, 3 norm-gain offsets
 
 
 def test_sampler_mode_skips_the_pi_old_pass(tmp_path):
