@@ -368,8 +368,10 @@ def check(
     import jax
 
     from giftjax import sharding as sharding_lib
+    from giftjax.models import lora as lora_lib
     from giftjax.train import abstract
     from giftjax.train import config as config_lib
+    from giftjax.train import step as step_lib
 
     if not 0.0 <= headroom < 1.0:
         raise ValueError(f"headroom={headroom!r} must be in [0, 1).")
@@ -384,8 +386,10 @@ def check(
         "optimizer_state": abstract.per_device_bytes(state.opt_state),
         "reference": abstract.per_device_bytes(state.ref_params),
     }
+    # Gradients of what trains: every weight, or with LoRA the adapters alone.
+    trainable = lora_lib.adapter_state(state.params) if step_lib.is_lora(config) else state.params
     f32_grads = sum(
-        4 * math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree.leaves(state.params)
+        4 * math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree.leaves(trainable)
     )
     keys = abstract.rl_batch_keys(config) if config.algo.name in config_lib.RL_ALGOS else ()
     passes = int("old_logps" in keys) + int(

@@ -15,25 +15,20 @@ the run's own; it may differ only in keys that leave the trained weights alone
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from collections.abc import Mapping
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from giftjax.runtime import quiet_accelerator_probes, start_read_only_cli
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Path to the run's config file (configs/*.py), optionally ':variant'.",
-    lock_config=True,
+from giftjax.runtime import (
+    RunFlags,
+    define_run_flags,
+    quiet_accelerator_probes,
+    start_read_only_cli,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: newest).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def output_path(workdir: str, step: int) -> str:
@@ -87,23 +82,25 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
     return step, metrics
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, flags: RunFlags) -> None:
     start_read_only_cli(argv)
     from giftjax.train.config import ConfigError
 
+    workdir = flags.workdir.value
     try:
-        step, metrics = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
+        step, metrics = evaluate_checkpoint(flags.config.value, workdir, flags.step.value)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(format_table(step, metrics))
-    print(f"written: {output_path(_WORKDIR.value, step)}")
+    print(f"written: {output_path(workdir, step)}")
 
 
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.eval``)."""
     quiet_accelerator_probes()
-    app.run(main)
+    flags = define_run_flags("The checkpoint step to evaluate (default: newest).")
+    app.run(functools.partial(main, flags=flags))
 
 
 if __name__ == "__main__":

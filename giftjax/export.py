@@ -14,27 +14,18 @@ recipes). Nothing of the run is modified. One process only: the parameters must 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from giftjax.runtime import quiet_accelerator_probes, start_read_only_cli
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Path to the run's config file (configs/*.py), optionally ':variant'.",
-    lock_config=True,
+from giftjax.runtime import (
+    RunFlags,
+    define_run_flags,
+    quiet_accelerator_probes,
+    start_read_only_cli,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to export (default: newest).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/hf).")
-_DTYPE = flags.DEFINE_enum(
-    "dtype", "", ["", "float32", "bfloat16"], "Dtype of the written weights (default: params')."
-)
-flags.mark_flags_as_required(["config", "workdir"])
 
 ADAPTER_DIR = "adapter"
 
@@ -83,13 +74,17 @@ def export_checkpoint(
     return step, written
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, flags: RunFlags, out, dtype) -> None:
     start_read_only_cli(argv)
     from giftjax.train.config import ConfigError
 
     try:
         step, written = export_checkpoint(
-            _CONFIG.value, _WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value
+            flags.config.value,
+            flags.workdir.value,
+            out.value,
+            step=flags.step.value,
+            dtype=dtype.value,
         )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -103,7 +98,14 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.export``)."""
     quiet_accelerator_probes()
-    app.run(main)
+    from absl import flags as absl_flags
+
+    flags = define_run_flags("The checkpoint step to export (default: newest).")
+    out = absl_flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/hf).")
+    dtype = absl_flags.DEFINE_enum(
+        "dtype", "", ["", "float32", "bfloat16"], "Dtype of the written weights (default: params')."
+    )
+    app.run(functools.partial(main, flags=flags, out=out, dtype=dtype))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ server. On a TPU VM or a GPU machine nothing changes.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import sys
+from typing import Any
 
 
 def has_tpu() -> bool:
@@ -53,3 +55,35 @@ def start_read_only_cli(argv: list[str]) -> None:
     logging.getLogger("giftjax").setLevel(logging.INFO)
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The absl flag holders of a command that reads a finished run (``giftjax.eval``,
+    ``giftjax.export``): ``--config`` (with its overrides), ``--workdir`` and ``--step``."""
+
+    config: Any
+    workdir: Any
+    step: Any
+
+
+def define_run_flags(step_help: str) -> RunFlags:
+    """Defines ``--config``, ``--workdir`` (both required) and ``--step`` on absl's global
+    flags. Called from a command's ``run()`` only, never at import, so that the modules'
+    functions (``evaluate_checkpoint``, ``export_checkpoint``) can be imported together and
+    into programs with flags of their own."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Path to the run's config file (configs/*.py), optionally ':variant'.",
+        lock_config=True,
+    )
+    workdir = flags.DEFINE_string(
+        "workdir", None, "The run's directory (checkpoints/, config.json)."
+    )
+    step = flags.DEFINE_integer("step", None, step_help)
+    flags.mark_flags_as_required(["config", "workdir"])
+    return RunFlags(config, workdir, step)

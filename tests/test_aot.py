@@ -162,3 +162,22 @@ def test_compiler_out_of_memory_message_is_read():
     )
     assert aot.temporaries_needed(message) == int(40.65 * 2**30)
     assert aot.temporaries_needed("INTERNAL: something else (40.65G)") is None
+
+
+def test_lora_recipe_reports_the_lora_update(report):
+    """With ``model.lora.rank`` the compiled programs are the LoRA run's: the optimiser state
+    and the gradients cover the adapters alone, no reference copy is kept (the base with the
+    adapters off is the reference), and the update's arguments shrink accordingly."""
+    c = tiny_config()
+    c.algo.reference = "initial"
+    c.model.lora.rank = 2
+    c.model.lora.train_norms = True
+    lora = aot.check(c, "v5e:2x2", name="tiny-lora", flops=False)
+    train, full = lora.programs[0], report.programs[0]
+    assert [p.name for p in lora.programs] == ["train", "logps", "sampler"]
+    params = train.breakdown["parameters"]
+    assert params > full.breakdown["parameters"]  # the base plus the adapters
+    assert train.breakdown["reference"] == 0
+    assert 0 < train.breakdown["gradients"] < params / 4
+    assert train.breakdown["optimizer_state"] < 2 * params / 4
+    assert train.arguments < full.arguments

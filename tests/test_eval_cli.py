@@ -109,3 +109,21 @@ def test_a_changed_training_key_is_refused(run_dir):
 def test_format_table():
     text = eval_cli.format_table(3, {"eval/b": 0.5, "eval/a": 0.123456})
     assert text.splitlines() == ["step    3", "eval/a  0.1235", "eval/b  0.5"]
+
+
+def test_library_functions_import_together_without_defining_flags():
+    """``evaluate_checkpoint`` and ``export_checkpoint`` import into one program, and into a
+    program with its own ``--config`` flag: the commands define their flags when they run, not
+    at import."""
+    code = (
+        "from absl import flags\n"
+        "import giftjax.eval, giftjax.export\n"
+        "flags.DEFINE_string('config', None, 'the importing program s own flag')\n"
+        "print(sorted(set(flags.FLAGS) & {'workdir', 'step', 'out', 'dtype'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"

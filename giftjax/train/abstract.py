@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from giftjax import sampling
 from giftjax import sharding as sharding_lib
 from giftjax.models import Decoder, ModelConfig, from_hf_dict
+from giftjax.models import lora as lora_lib
 from giftjax.train import config as config_lib
 from giftjax.train import state as state_lib
 from giftjax.train import step as step_lib
@@ -104,22 +105,41 @@ def abstract_state(
 
     Returns:
       ``(graphdef, tx, state, state_sharding)``, as ``Trainer.__init__`` builds them (the
-      reference parameters are kept when ``algo.reference == "initial"`` or for dpo).
+      reference parameters are kept when ``algo.reference == "initial"`` or for dpo). With
+      LoRA (``model.lora.rank > 0``) the parameters hold the adapters, the optimiser state
+      covers them alone and no reference copy is kept (the base is the reference).
     """
     mcfg = model_config(config)
-    model = nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(params=config.seed)))
-    model.set_sharding(mesh, config.mesh.rules)
     c = config
+    lora = step_lib.is_lora(c)
+
+    def build() -> Decoder:
+        model = Decoder(mcfg, rngs=nnx.Rngs(params=c.seed))
+        if lora:
+            lc = c.model.lora
+            model, _ = lora_lib.apply_lora(
+                model,
+                rank=lc.rank,
+                alpha=lc.alpha,
+                targets=lc.targets,
+                seed=c.seed,
+                train_norms=lc.train_norms,
+            )
+        return model
+
+    model = nnx.eval_shape(build)  # abstract: no weights are made
+    model.set_sharding(mesh, config.mesh.rules)
     warmup = c.train.warmup_sft_steps
     per_step = c.train.updates_per_rollout if c.algo.name in config_lib.RL_ALGOS else 1
     tx = state_lib.make_optimizer(c, warmup + c.train.steps * per_step)
     keep_ref = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
+    keep_ref = keep_ref and not lora
     graphdef, params = nnx.split(model)
     state = jax.eval_shape(
         lambda p: state_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
             params=p,
-            opt_state=tx.init(p),
+            opt_state=tx.init(lora_lib.adapter_state(p) if lora else p),
             rng=jax.random.key_data(jax.random.key(0)),
             ref_params=p if keep_ref else None,
         ),
@@ -269,6 +289,7 @@ def programs(
             prompt_len=tp,
             temperature=c.rollout.temperature,
             param_sharding=state_sharding.params,
+            group_size=step_lib.rollout_group_size(c),  # as the Trainer's pi_old pass
         )
         batch = rl_batch(c, mesh, p * g)
         args = (state.params, batch["tokens"], batch["attn_mask"])

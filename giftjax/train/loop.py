@@ -166,16 +166,12 @@ class Trainer:
             self.sft_update = step_lib.make_sft_update(
                 self.graphdef, self.tx, c, weighting=c.algo.sft.weighting, **kw
             )
-        if name in step_lib.RL_LOSSES:
-            self.update = step_lib.make_rl_update(self.graphdef, self.tx, c, **kw)
-        elif name == "hybrid":
-            self.update = step_lib.make_hybrid_update(
-                self.graphdef, self.tx, c, demo_prompt_len=tp, **kw
-            )
-        elif name == "dpo":
-            self.update = step_lib.make_dpo_update(self.graphdef, self.tx, c, **kw)
-        else:
-            self.update = self.sft_update
+        # An SFT run's update is the warm-up's (one jit, compiled once).
+        self.update = (
+            self.sft_update
+            if name == "sft"
+            else step_lib.make_update(self.graphdef, self.tx, c, **kw)
+        )
         rl_name = c.algo.hybrid.rl if name == "hybrid" else name
         self.rl_name = rl_name
         # pi_old pass: with rollout.old_logps="sampler" the GRPO family takes pi_old from the
