@@ -116,15 +116,7 @@ def abstract_state(
     def build() -> Decoder:
         model = Decoder(mcfg, rngs=nnx.Rngs(params=c.seed))
         if lora:
-            lc = c.model.lora
-            model, _ = lora_lib.apply_lora(
-                model,
-                rank=lc.rank,
-                alpha=lc.alpha,
-                targets=lc.targets,
-                seed=c.seed,
-                train_norms=lc.train_norms,
-            )
+            model, _ = state_lib.add_lora(model, c)
         return model
 
     model = nnx.eval_shape(build)  # abstract: no weights are made

@@ -107,10 +107,17 @@ def apply_lora(
 ) -> tuple[nnx.Module, nnx.GraphDef | None]:
     """``(model, base graphdef)``: with ``model.lora.rank > 0`` the model with adapters (placed
     on ``mesh``) and the graphdef of the base model (adapters off); else ``(model, None)``."""
-    lc = config.model.lora
-    if lc.rank == 0:
+    if config.model.lora.rank == 0:
         return model, None
-    lora_model, base_graphdef = models.lora.apply_lora(
+    lora_model, base_graphdef = add_lora(model, config)
+    return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
+
+
+def add_lora(model: nnx.Module, config: ml_collections.ConfigDict) -> tuple[nnx.Module, Any]:
+    """``models.lora.apply_lora`` with the run's ``model.lora`` settings (rank > 0) and seed:
+    ``(model with adapters, base graphdef)``, unplaced."""
+    lc = config.model.lora
+    return models.lora.apply_lora(
         model,
         rank=lc.rank,
         alpha=lc.alpha,
@@ -118,7 +125,6 @@ def apply_lora(
         seed=config.seed,
         train_norms=lc.train_norms,
     )
-    return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_updates: int):
