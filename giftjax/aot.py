@@ -387,7 +387,7 @@ def check(
         "reference": abstract.per_device_bytes(state.ref_params),
     }
     # Gradients of what trains: every weight, or with LoRA the adapters alone.
-    trainable = lora_lib.adapter_state(state.params) if step_lib.is_lora(config) else state.params
+    trainable, _ = lora_lib.split_trainable(state.params, step_lib.is_lora(config))
     f32_grads = sum(
         4 * math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree.leaves(trainable)
     )

@@ -350,17 +350,7 @@ def merged_model(model: Decoder) -> Decoder:
     if spec.train_norms:
         for path in norm_paths(model.config):
             src, dst = norm_module(model, path), norm_module(merged, path)
-            dst.weight[...] = merged_gain(src)
+            dst.weight[...] = src.gain()
     if model.activation_sharding is not None:
         merged.set_sharding(*model.activation_sharding)
     return merged
-
-
-def merged_gain(norm: nnx.Module) -> jax.Array:
-    """An RMSNorm's gain ``w + delta`` (float32 sum, in ``w``'s dtype); ``w`` without an
-    offset."""
-    w = norm.weight[...]
-    delta = getattr(norm, "weight_delta", None)
-    if delta is None:
-        return w
-    return (w.astype(jnp.float32) + delta[...].astype(jnp.float32)).astype(w.dtype)

@@ -32,12 +32,16 @@ class RMSNorm(nnx.Module):
             jnp.ones((dim,), param_dtype), out_sharding=names, eager_sharding=False
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.weight[...]
-        # LoRA norm tuning (giftjax.models.lora, ``train_norms``) adds a trainable offset
-        # ``weight_delta`` [D] (zeros at the start): the gain is then weight + weight_delta,
-        # and ``weight`` itself stays frozen.
+    def gain(self) -> jax.Array:
+        """The gain [D]: ``weight``, or with LoRA norm tuning (giftjax.models.lora,
+        ``train_norms``) ``weight + weight_delta``, summed in float32 and cast to ``weight``'s
+        dtype (``weight`` stays frozen; the offset starts at zero). A merged checkpoint stores
+        this same array."""
+        w = self.weight[...]
         delta = getattr(self, "weight_delta", None)
-        if delta is not None:
-            weight = weight + delta[...]
-        return rms_norm(x, weight, self.eps)
+        if delta is None:
+            return w
+        return (w.astype(jnp.float32) + delta[...].astype(jnp.float32)).astype(w.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.gain(), self.eps)

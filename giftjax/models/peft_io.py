@@ -125,9 +125,7 @@ def save_peft(
         for npath in lora_lib.norm_paths(model.config):
             name, tensor = _NORMS[npath]
             modules_to_save.append(name)
-            gain = np.asarray(
-                jax.device_get(lora_lib.merged_gain(lora_lib.norm_module(model, npath))), np.float32
-            )
+            gain = np.asarray(jax.device_get(lora_lib.norm_module(model, npath).gain()), np.float32)
             if npath[0] == "layers":  # stacked [L, D]
                 for i in range(gain.shape[0]):
                     tensors[tensor.format(i=i)] = np.ascontiguousarray(gain[i])

@@ -39,7 +39,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from giftjax import sampling
 from giftjax import sharding as sharding_lib
 from giftjax.models import Decoder, ModelConfig, from_hf_dict
-from giftjax.models import lora as lora_lib
 from giftjax.train import config as config_lib
 from giftjax.train import state as state_lib
 from giftjax.train import step as step_lib
@@ -124,17 +123,16 @@ def abstract_state(
     warmup = c.train.warmup_sft_steps
     per_step = c.train.updates_per_rollout if c.algo.name in config_lib.RL_ALGOS else 1
     tx = state_lib.make_optimizer(c, warmup + c.train.steps * per_step)
-    keep_ref = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
-    keep_ref = keep_ref and not lora
     graphdef, params = nnx.split(model)
+    # The Trainer's own init_state, traced: the same state tree, no arrays made.
     state = jax.eval_shape(
-        lambda p: state_lib.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(lora_lib.adapter_state(p) if lora else p),
-            rng=jax.random.key_data(jax.random.key(0)),
-            ref_params=p if keep_ref else None,
-        ),
+        lambda p: state_lib.init_state(
+            nnx.merge(graphdef, p),
+            tx,
+            seed=c.seed,
+            keep_reference=state_lib.keeps_reference(c),
+            lora=lora,
+        )[1],
         params,
     )
     shardings = state_lib.state_shardings(state, mesh, c.mesh.rules)

@@ -122,12 +122,12 @@ class Trainer:
         self.warmup = c.train.warmup_sft_steps
         self.total_steps = self.warmup + c.train.steps
         self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
-        # DPO's implicit reward is always measured against the initial model (its reference
-        # must not move with the policy); the RL losses follow algo.reference.
-        # With LoRA the initial model is the base with the adapters off: no copy is kept.
-        keep_ref = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
         self.graphdef, state = state_lib.init_state(
-            model, self.tx, seed=c.seed, keep_reference=keep_ref and not self.lora, lora=self.lora
+            model,
+            self.tx,
+            seed=c.seed,
+            keep_reference=state_lib.keeps_reference(c),
+            lora=self.lora,
         )
         self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
         self.state = jax.device_put(state, self.state_sharding)

@@ -175,6 +175,18 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
+def keeps_reference(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train state keeps a frozen copy of the initial weights.
+
+    DPO's implicit reward is always measured against the initial model (its reference must not
+    move with the policy); the RL losses follow ``algo.reference``. With LoRA the initial model
+    is the base with the adapters off, so no copy is kept.
+    """
+    c = config
+    initial = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
+    return initial and c.model.lora.rank == 0
+
+
 def init_state(
     model: nnx.Module,
     tx: optax.GradientTransformation,
@@ -186,7 +198,7 @@ def init_state(
     """The graphdef of ``model`` and a fresh TrainState (arrays where the model's are); with
     ``lora`` the optimiser state is for the adapters only."""
     graphdef, params = nnx.split(model)
-    trainable = models.lora.adapter_state(params) if lora else params
+    trainable, _ = models.lora.split_trainable(params, lora)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
