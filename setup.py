@@ -1,7 +1,15 @@
 """Install giftjax.
 
 The Pallas kernels live in the top-level folder ``kernels/`` and are installed as
-``giftjax.kernels`` (the bare name ``kernels`` belongs to another PyPI package).
+``giftjax.kernels``. The folder has no ``__init__.py``: the bare name ``kernels`` belongs to
+Hugging Face's PyPI package (transformers imports it), and a folder without one can never shadow
+an installed package, whatever the working directory. ``giftjax/kernels.py`` is the package's
+front module (its public functions and ``__path__``); this file copies the folder's modules to
+``giftjax/kernels/`` in a wheel.
+
+CI installs the exact versions of ``requirements/lock.txt`` (``pip install -e ".[test]" -c
+requirements/lock.txt``); ``bash requirements/newest.sh`` tests the newest versions allowed
+here and rewrites the lock.
 """
 
 from setuptools import find_packages, setup

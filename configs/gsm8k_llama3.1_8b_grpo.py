@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import math_rl
+from giftjax.config_files import sibling
+
+math_rl = sibling(__file__, "math_rl")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import smoke_cpu
+from giftjax.config_files import sibling
+
+smoke_cpu = sibling(__file__, "smoke_cpu")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
