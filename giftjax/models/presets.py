@@ -1,7 +1,7 @@
 """Size presets: the published shapes of the checkpoints giftjax fine-tunes, plus a tiny one.
 
 `load_hf` always reads `config.json`, so presets serve building a model from scratch, sizing
-memory and compile checks (`jax.eval_shape`), and configs (configs/models.py). Values are those
+memory and compile checks (`jax.eval_shape`), and configs (`model.preset`). Values are those
 of the released Hugging Face `config.json` files.
 
 Parameter counts (embeddings included; `jax.eval_shape` of the model gives the same):
@@ -21,8 +21,6 @@ qwen3-8b            8,190,735,360
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 from giftjax.models.config import ModelConfig
@@ -146,14 +144,3 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets are {sorted(PRESETS)}.")
     return PRESETS[name].replace(**overrides)
-
-
-def from_config_dict(fields: Mapping[str, Any]) -> ModelConfig:
-    """A ModelConfig from a mapping of its fields (e.g. the `model` section of
-    configs/models.py, a ConfigDict); unknown keys are an error naming them."""
-    fields = dict(fields.items())
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}.")
-    return ModelConfig(**fields)
