@@ -12,9 +12,7 @@ import pytest
 from precision import F32_EPS
 from scipy import stats
 
-from giftjax.sampling_utils import (
-    _nucleus_threshold,
-    _two_level_sample,
+from giftjax.sampling import (
     bucket_size,
     check_left_padded,
     drop_dummy_rows,
@@ -22,6 +20,7 @@ from giftjax.sampling_utils import (
     pad_prompts,
     sample_logits,
 )
+from giftjax.sampling.token_sampler import _nucleus_threshold, _two_level_sample
 
 _sample = jax.jit(sample_logits, static_argnames=("temperature", "top_k", "top_p"))
 ALPHA = 1e-6  # false-alarm rate of each statistical test

@@ -15,6 +15,7 @@ from precision import assert_same_generation, logits_atol
 
 from giftjax import sampling
 from giftjax.models import Decoder, ModelConfig, load_hf
+from giftjax.sampling.generate import _generate_jit
 
 PAD = 0
 N_NEW = 10
@@ -256,7 +257,7 @@ def test_compiled_once_per_bucket(model):
     """Prompts of different lengths padded to one bucket: one compile, same greedy tokens."""
     kw = dict(max_new_tokens=N_NEW, temperature=0.0, pad_id=PAD)
     sampling.generate(model, *prompts(seed=1), key=jax.random.key(0), **kw)  # warm
-    before = sampling._generate_jit._cache_size()
+    before = _generate_jit._cache_size()
     for seed, lengths, total in [(2, (4, 2), 5), (3, (7, 1, 3), 7)]:
         ids, mask = prompts(lengths, total, seed=seed)
         b_ids, b_mask, n = sampling.pad_prompts(ids, mask, length=8, batch=4, pad_id=PAD)
@@ -269,7 +270,7 @@ def test_compiled_once_per_bucket(model):
         )
         assert compared.sum() >= np.asarray(ref.mask).sum() // 2, compared
     # 1 compile for the (4, 8) bucket + 2 for the unpadded reference shapes.
-    assert sampling._generate_jit._cache_size() - before == 3
+    assert _generate_jit._cache_size() - before == 3
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from test_sampling_generate import N_NEW, PAD, prompts, tiny_model
 from giftjax import sampling
 from giftjax import sharding as sharding_lib
 from giftjax.models.kv_cache import CACHE_AXES
+from giftjax.sampling.generate import _generate_jit, _Settings
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ from giftjax.models.kv_cache import CACHE_AXES
         ({"data": 8}, 1.0, 8),
         ({"data": 2, "fsdp": 4}, 1.0, 8),
         # 4 prompts do not split over 8 devices: the prefill then runs on the 8 repeated rows
-        # instead of once per prompt (sampling._batch_shards).
+        # instead of once per prompt (giftjax.sampling.generate._batch_shards).
         ({"data": 8}, 1.0, 4),
     ],
 )
@@ -71,11 +72,11 @@ def test_cache_sharded_like_activations():
     )
     ids, mask = prompts(lengths=(6, 3, 1, 5, 2, 6, 4, 1), total=6, seed=4)
     graphdef, state = nnx.split(tiny_model())
-    settings = sampling._Settings(
+    settings = _Settings(
         max_new_tokens=4, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, eos_ids=(),
         pad_id=0, cache_dtype=None, mesh=mesh, rules=rules,
     )  # fmt: skip
-    lowered = sampling._generate_jit.lower(graphdef, state, ids, mask, jax.random.key(0), settings)
+    lowered = _generate_jit.lower(graphdef, state, ids, mask, jax.random.key(0), settings)
     # k and v: L=2, B=8, S=6+4, K=2, H=8.
     constrained = [
         line

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from giftjax.sampling.buckets import left_pad
+
 __all__ = ["decode_responses", "encode_demonstrations", "encode_prompts"]
 
 
@@ -49,20 +51,13 @@ def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[
     return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
-def _left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """[P, T] ids and mask, each row's tokens at the right end; a longer row is an error."""
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        if len(row) > length:
-            raise ValueError(
-                f"prompts row {i} has {len(row)} tokens, more than max_prompt_len={length}; "
-                "raise max_prompt_len or shorten the prompt."
-            )
-        if row:
-            ids[i, length - len(row) :] = row
-            mask[i, length - len(row) :] = 1
-    return ids, mask
+def _pad_prompt_rows(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    """[P, T] ids and mask of prompts, each row's tokens at the right end (an empty prompt
+    gives an all-zero mask row); a longer row is an error naming `max_prompt_len`."""
+    return left_pad(
+        rows, pad_id=pad_id, length=length, allow_empty=True, what="prompts row",
+        length_name="max_prompt_len",
+    )  # fmt: skip
 
 
 def encode_prompts(
@@ -84,7 +79,7 @@ def encode_prompts(
     _check_len("max_prompt_len", max_prompt_len)
     pad_id = _pad_token_id(tokenizer)
     rows = _encode(tokenizer, texts, add_special_tokens)
-    return _left_pad(rows, int(max_prompt_len), pad_id)
+    return _pad_prompt_rows(rows, int(max_prompt_len), pad_id)
 
 
 def encode_demonstrations(
@@ -129,7 +124,7 @@ def encode_demonstrations(
             "`tokenizer.eos_token` so responses can be terminated."
         )
     eos_id = int(tokenizer.eos_token_id)
-    prompt_ids, prompt_mask = _left_pad(
+    prompt_ids, prompt_mask = _pad_prompt_rows(
         _encode(tokenizer, prompts, add_special_tokens), int(max_prompt_len), pad_id
     )
     tr = int(max_response_len)

@@ -76,14 +76,6 @@ _REMAT_POLICIES = {
 }
 
 
-def _causal_mask(key_mask: jax.Array, start: jax.Array | int, t: int) -> jax.Array:
-    """[B, 1, T, S] bool: query t (at slot start+t) sees slot s if s <= start+t and s is real."""
-    s = key_mask.shape[1]
-    q_slot = start + jnp.arange(t)  # [T]
-    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
-    return key_mask[:, None, None, :] & causal[None, None]
-
-
 class Decoder(nnx.Module):
     """Llama 3 / Qwen2 / Qwen3 causal decoder (see the module docstring for the calling
     convention).
@@ -168,15 +160,15 @@ class Decoder(nnx.Module):
         mask = self._check_inputs(tokens, attention_mask, positions)
         if cache is None:
             if positions is None:
-                positions = jnp.maximum(_offsets(mask), 0)
-            attn_mask = _causal_mask(mask, 0, tokens.shape[1])  # [B, 1, T, T]
+                positions = jnp.maximum(kv_cache.offsets(mask), 0)
+            attn_mask = kv_cache.causal_mask(mask, 0, tokens.shape[1])  # [B, 1, T, T]
             x, cos, sin = self._embed(tokens, positions)
             x = self._run_layers(x, cos, sin, attn_mask)
             return self._head(x, return_hidden)
-        key_mask, attn_mask, positions = self._cache_inputs(cache, mask, positions)
+        key_mask, attn_mask, positions = kv_cache.write_masks(cache, mask, positions)
         x, cos, sin = self._embed(tokens, positions)
         x, kv = self._run_layers_extend(x, cos, sin, attn_mask, (cache.k, cache.v), cache.index)
-        return self._head(x, return_hidden), _advance(cache, kv, key_mask, mask)
+        return self._head(x, return_hidden), kv_cache.advance(cache, kv, key_mask, mask)
 
     def shared_prefix_hidden(
         self,
@@ -219,11 +211,11 @@ class Decoder(nnx.Module):
         smask = self._check_inputs(suffix, suffix_mask, None)  # [P*G, Ts]
         ts = suffix.shape[1]
         key_mask_s = jnp.concatenate([jnp.repeat(pmask, g, axis=0), smask], axis=1)
-        mask_p = _causal_mask(pmask, 0, tp)  # [P, 1, Tp, Tp]
-        mask_s = _causal_mask(key_mask_s, tp, ts)  # [P*G, 1, Ts, Tp+Ts]
+        mask_p = kv_cache.causal_mask(pmask, 0, tp)  # [P, 1, Tp, Tp]
+        mask_s = kv_cache.causal_mask(key_mask_s, tp, ts)  # [P*G, 1, Ts, Tp+Ts]
         prefix_len = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)  # [P*G]
-        xp, cos_p, sin_p = self._embed(prefix, jnp.maximum(_offsets(pmask), 0))
-        pos_s = jnp.maximum(prefix_len[:, None] + _offsets(smask), 0)  # [P*G, Ts]
+        xp, cos_p, sin_p = self._embed(prefix, jnp.maximum(kv_cache.offsets(pmask), 0))
+        pos_s = jnp.maximum(prefix_len[:, None] + kv_cache.offsets(smask), 0)  # [P*G, Ts]
         xs, cos_s, sin_s = self._embed(suffix, pos_s)
         constrain = self._layer_constrain()
 
@@ -235,17 +227,7 @@ class Decoder(nnx.Module):
 
         layer = self._remat(layer)
 
-        def body(carry, block):
-            return layer(block, *carry)
-
-        scan = nnx.scan(
-            body,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata=_LAYERS,
-            graph=False,
-        )
-        xp, xs = scan((xp, xs), self.layers)
+        xp, xs = self._scan_layers(lambda carry, block: layer(block, *carry), (xp, xs))
         return self.final_norm(xp), self.final_norm(xs)
 
     def decode_step(
@@ -278,10 +260,10 @@ class Decoder(nnx.Module):
                 f"{tokens.shape}. Use model(tokens, mask, cache=cache) for longer chunks."
             )
         mask = self._check_inputs(tokens, attention_mask, positions)
-        key_mask, attn_mask, positions = self._cache_inputs(cache, mask, positions)
+        key_mask, attn_mask, positions = kv_cache.write_masks(cache, mask, positions)
         x, cos, sin = self._embed(tokens, positions)
         x, kv = self._run_layers_decode(x, cos, sin, attn_mask, (cache.k, cache.v), cache.index)
-        return self._head(x, return_hidden), _advance(cache, kv, key_mask, mask)
+        return self._head(x, return_hidden), kv_cache.advance(cache, kv, key_mask, mask)
 
     def _check_inputs(
         self, tokens: jax.Array, attention_mask: jax.Array | None, positions: jax.Array | None
@@ -303,20 +285,6 @@ class Decoder(nnx.Module):
             )
         return attention_mask.astype(bool)
 
-    def _cache_inputs(
-        self, cache: KVCache, mask: jax.Array, positions: jax.Array | None
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(key mask [B, S] with this call's slots, attention mask [B, 1, T, S], positions
-        [B, T]) for T tokens written at slot `cache.index`."""
-        b, t = mask.shape
-        if cache.mask.shape[0] != b:
-            raise ValueError(f"cache has {cache.mask.shape[0]} rows; tokens have {b}.")
-        if positions is None:
-            positions = jnp.maximum(cache.positions[:, None] + _offsets(mask), 0)
-        key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
-        attn_mask = _causal_mask(key_mask, cache.index, t)  # [B, 1, T, S]
-        return key_mask, attn_mask, positions
-
     def _embed(
         self, tokens: jax.Array, positions: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -327,14 +295,19 @@ class Decoder(nnx.Module):
         cos, sin = rope_cos_sin(positions, rope_inv_freq(c))  # [B, T, H] each
         return x, cos, sin
 
+    def lm_head_logits(self, hidden: jax.Array) -> jax.Array:
+        """Logits [..., V] float32 of final-normed hidden states [..., D]: the compute-dtype
+        matmul with `lm_head_weight()`, accumulated in float32 (the one LM head; the sampler
+        projects only the last prompt column with it)."""
+        w = self.lm_head_weight().astype(jnp.dtype(self.config.dtype))  # [D, V]
+        return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+
     def _head(self, x: jax.Array, return_hidden: bool) -> jax.Array:
         """Final norm, then logits [B, T, V] float32 (or the normed hidden [B, T, D])."""
         x = self.final_norm(x)
         if return_hidden:
             return x
-        w = self.lm_head_weight().astype(jnp.dtype(self.config.dtype))
-        out = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
-        return self._constrain(out, ("batch", "length", "vocab"))  # [B, T, V]
+        return self._constrain(self.lm_head_logits(x), ("batch", "length", "vocab"))
 
     def _layer_constrain(self):
         return self._constrain if self.activation_sharding is not None else no_constraint
@@ -346,22 +319,23 @@ class Decoder(nnx.Module):
             return fn
         return nnx.remat(fn, policy=_REMAT_POLICIES[policy], prevent_cse=False)
 
+    def _scan_layers(self, body, carry, *per_layer, out_axes=nnx.Carry):
+        """`nnx.scan` of `body(carry, block, *per_layer[l])` over the L stacked layers and the
+        leading L axis of each of `per_layer`: one layer is compiled whatever the depth."""
+        scan = nnx.scan(
+            body,
+            in_axes=(nnx.Carry, 0, *(0 for _ in per_layer)),
+            out_axes=out_axes,
+            transform_metadata=_LAYERS,
+            graph=False,
+        )
+        return scan(carry, self.layers, *per_layer)
+
     def _run_layers(self, x, cos, sin, attn_mask):
         """Scans the L stacked layers over x [B, T, D] (no cache)."""
         constrain = self._layer_constrain()
         layer = self._remat(lambda block, x: block(x, cos, sin, attn_mask, constrain=constrain))
-
-        def body(x, block):
-            return layer(block, x)
-
-        scan = nnx.scan(
-            body,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata=_LAYERS,
-            graph=False,
-        )
-        return scan(x, self.layers)
+        return self._scan_layers(lambda x, block: layer(block, x), x)
 
     def _run_layers_extend(self, x, cos, sin, attn_mask, kv, index):
         """Scans the L layers over x [B, T, D], each writing its T slots into the stacked
@@ -383,14 +357,7 @@ class Decoder(nnx.Module):
             kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in kv)  # [L, B, S, K, H]
             return x, kv, i + 1
 
-        scan = nnx.scan(
-            body,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata=_LAYERS,
-            graph=False,
-        )
-        x, kv, _ = scan((x, kv, jnp.zeros((), jnp.int32)), self.layers)
+        x, kv, _ = self._scan_layers(body, (x, kv, jnp.zeros((), jnp.int32)))
         return x, kv
 
     def _run_layers_decode(self, x, cos, sin, attn_mask, kv, index):
@@ -407,45 +374,14 @@ class Decoder(nnx.Module):
         constrain = self._layer_constrain()
         ck, cv = kv  # [L, B, S, K, H]
 
-        def layer(block, x, k_l, v_l):
+        def body(x, block, k_l, v_l):  # no remat here either (see _run_layers_extend)
             return block.decode(
                 x, cos, sin, attn_mask, layer_cache=(k_l, v_l), index=index, constrain=constrain
-            )
+            )  # x, (k, v) [B, 1, K, H]
 
-        # No remat here either (see _run_layers_extend).
-
-        def body(x, block, k_l, v_l):
-            return layer(block, x, k_l, v_l)  # x, (k, v) [B, 1, K, H]
-
-        scan = nnx.scan(
-            body,
-            in_axes=(nnx.Carry, 0, 0, 0),
-            out_axes=(nnx.Carry, 0),
-            transform_metadata=_LAYERS,
-            graph=False,
-        )
-        x, (k_new, v_new) = scan(x, self.layers, ck, cv)  # [L, B, 1, K, H] each
+        x, (k_new, v_new) = self._scan_layers(body, x, ck, cv, out_axes=(nnx.Carry, 0))
         start = (0, 0, index, 0, 0)
         ck = jax.lax.dynamic_update_slice(ck, k_new, start)
         cv = jax.lax.dynamic_update_slice(cv, v_new, start)
         kv = tuple(constrain(c, kv_cache.CACHE_AXES.k) for c in (ck, cv))
         return x, kv
-
-
-def _offsets(mask: jax.Array) -> jax.Array:
-    """[B, T] int32: the index of each token among its row's real tokens (`cumsum(mask) - 1`)."""
-    return jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
-
-
-def _advance(
-    cache: KVCache, kv: tuple[jax.Array, jax.Array], key_mask: jax.Array, mask: jax.Array
-) -> KVCache:
-    """The cache after a call that wrote T = mask.shape[1] slots: new k/v, key mask, index and
-    per-row positions (advanced by each row's real tokens)."""
-    return KVCache(
-        k=kv[0],
-        v=kv[1],
-        mask=key_mask,
-        index=cache.index + mask.shape[1],
-        positions=cache.positions + jnp.sum(mask, axis=1, dtype=jnp.int32),
-    )

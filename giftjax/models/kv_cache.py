@@ -61,3 +61,46 @@ def init_cache(
         index=jnp.zeros((), jnp.int32),
         positions=jnp.zeros((batch,), jnp.int32),
     )
+
+
+def offsets(mask: jax.Array) -> jax.Array:
+    """[B, T] int32: the index of each token among its row's real tokens (`cumsum(mask) - 1`)."""
+    return jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
+
+
+def causal_mask(key_mask: jax.Array, start: jax.Array | int, t: int) -> jax.Array:
+    """[B, 1, T, S] bool from the key mask [B, S]: query t (at slot start+t) sees slot s if
+    s <= start+t and s is real."""
+    s = key_mask.shape[1]
+    q_slot = start + jnp.arange(t)  # [T]
+    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+    return key_mask[:, None, None, :] & causal[None, None]
+
+
+def write_masks(
+    cache: KVCache, mask: jax.Array, positions: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What writing T tokens with mask [B, T] at slot `cache.index` needs: (the key mask [B, S]
+    with this call's slots, the attention mask [B, 1, T, S], positions [B, T]; `positions`
+    defaults to those continuing each row's `cache.positions` over its real tokens)."""
+    b, t = mask.shape
+    if cache.mask.shape[0] != b:
+        raise ValueError(f"cache has {cache.mask.shape[0]} rows; tokens have {b}.")
+    if positions is None:
+        positions = jnp.maximum(cache.positions[:, None] + offsets(mask), 0)
+    key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
+    return key_mask, causal_mask(key_mask, cache.index, t), positions
+
+
+def advance(
+    cache: KVCache, kv: tuple[jax.Array, jax.Array], key_mask: jax.Array, mask: jax.Array
+) -> KVCache:
+    """The cache after a call that wrote T = mask.shape[1] slots: new k/v, key mask, index and
+    per-row positions (advanced by each row's real tokens)."""
+    return KVCache(
+        k=kv[0],
+        v=kv[1],
+        mask=key_mask,
+        index=cache.index + mask.shape[1],
+        positions=cache.positions + jnp.sum(mask, axis=1, dtype=jnp.int32),
+    )

@@ -10,7 +10,7 @@ to buckets with `pad_prompts` so a run meets few shapes.
 
 Per row, the response is the tokens up to and including the first EOS (mask 1); after it the
 row emits `pad_id` with mask 0 and log-prob 0. The log-probs are those of the sampled tokens
-under the temperature-scaled distribution (see `sampling_utils.sample_logits`), which the
+under the temperature-scaled distribution (see `giftjax.sampling.sample_logits`), which the
 trainer uses as pi_old.
 
 With a mesh, rows are sharded over the data axes (the `batch` rule) and the cache like the
@@ -33,26 +33,8 @@ from jax.sharding import Mesh
 
 from giftjax import sharding as sharding_lib
 from giftjax.models.kv_cache import CACHE_AXES, KVCache
-from giftjax.sampling_utils import (
-    bucket_size,
-    check_left_padded,
-    check_sampling_args,
-    drop_dummy_rows,
-    left_pad,
-    pad_prompts,
-    sample_logits,
-)
-
-__all__ = [
-    "SampleOutput",
-    "bucket_size",
-    "drop_dummy_rows",
-    "generate",
-    "generate_fn",
-    "left_pad",
-    "pad_prompts",
-    "sample_logits",
-]
+from giftjax.sampling.buckets import check_left_padded
+from giftjax.sampling.token_sampler import check_sampling_args, sample_logits
 
 
 class SampleOutput(NamedTuple):
@@ -250,13 +232,6 @@ def _constrain_cache(cache: KVCache, s: _Settings) -> KVCache:
     return KVCache(*(_constrain(x, n, s) for x, n in zip(cache, CACHE_AXES, strict=True)))
 
 
-def _lm_head(model, hidden: jax.Array) -> jax.Array:
-    """Logits [B, V] float32 of hidden [B, D] (the Decoder's own head: compute-dtype matmul,
-    float32 accumulation). Only the last prompt column is projected, not all T of them."""
-    w = model.lm_head_weight().astype(hidden.dtype)  # [D, V]
-    return jnp.einsum("bd,dv->bv", hidden, w, preferred_element_type=jnp.float32)
-
-
 def _batch_shards(s: _Settings) -> int:
     """How many shards the rows' (batch) axis is split into on the settings' mesh."""
     if s.mesh is None:
@@ -313,7 +288,7 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, settings: _Sett
     if share:
         cache = _constrain_cache(_repeat_rows(cache, g), s)
         last = jnp.repeat(last, g, axis=0)  # [B, D]
-    tok, logp = sample(_lm_head(model, last), 0)
+    tok, logp = sample(model.lm_head_logits(last), 0)  # only the last column's logits
     tokens = jnp.full((b, n_new), s.pad_id, jnp.int32).at[:, 0].set(tok)
     resp_mask = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(1)
     logps = jnp.zeros((b, n_new), jnp.float32).at[:, 0].set(logp)
