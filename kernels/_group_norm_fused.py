@@ -47,15 +47,19 @@ class GroupNormConfig(NamedTuple):
     block_p: int  # groups per Pallas block (multiple of 128)
 
 
+def safe_sqrt(v: jax.Array) -> jax.Array:
+    """``sqrt(v)`` with a zero (not infinite) gradient at ``v == 0``."""
+    positive = v > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
+
+
 def _stats(xg, cfg):
     """``(c, mean, std)`` of ``xg: [G, p]`` float32 over axis 0; mean, std ``[1, p]``."""
     g = cfg.group_size
     mean = jnp.sum(xg, axis=0, keepdims=True) / g
     c = xg - mean
     var = jnp.sum(c * c, axis=0, keepdims=True) / max(g - cfg.ddof, 1)
-    positive = var > 0
-    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
-    return c, mean, std
+    return c, mean, safe_sqrt(var)
 
 
 def _forward_math(xg, cfg):

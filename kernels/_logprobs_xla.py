@@ -6,7 +6,7 @@ rescaled sum ``s``), pick the target logit, and (for the entropy) accumulate
 ``a = sum_v exp(z_v - m) z_v``, rescaled like ``s``. Then ``lse = m + log s``,
 ``logp = z_t - lse`` and ``H = lse - a / s``.
 
-Backward (the ``custom_vjp`` of ``_fused``; residuals: hidden, W, targets, lse
+Backward (the ``custom_vjp`` of ``_logprobs_vjp``; residuals: hidden, W, targets, lse
 and, with the entropy, ``E_p[z] = a / s``): with ``p = exp(z - lse)`` and cotangents ``g``
 (log-probs) and ``g_H`` (entropy), the logit gradient is::
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from giftjax.kernels import _dispatch
-from giftjax.kernels._group_norm_fused import GroupNormConfig, group_normalize_fused
+from giftjax.kernels._group_norm_fused import GroupNormConfig, group_normalize_fused, safe_sqrt
 
 __all__ = ["group_normalize", "group_normalize_reference"]
 
@@ -42,12 +42,6 @@ def check_group_input(x: jax.Array, group_size: int, ddof: int, eps: float) -> N
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}.")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}.")
-
-
-def safe_sqrt(v: jax.Array) -> jax.Array:
-    """``sqrt(v)`` with a zero (not infinite) gradient at ``v == 0``."""
-    positive = v > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
 
 
 def group_stats(x: jax.Array, group_size: int, ddof: int) -> tuple[jax.Array, jax.Array]:

@@ -27,7 +27,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from giftjax.kernels import _dispatch, _fused
+from giftjax.kernels import _dispatch, _logprobs_vjp
 from giftjax.kernels.token_logprobs import check_logprobs_inputs
 
 __all__ = ["token_logprobs_sharded"]
@@ -36,7 +36,7 @@ __all__ = ["token_logprobs_sharded"]
 def _local_stats(cfg, vocab_axis, h, w, t):
     """Global ``(lse, z_t, E_p[z])`` for this shard's tokens, combined over ``vocab_axis``."""
     offset = lax.axis_index(vocab_axis) * w.shape[1]
-    lse_k, tgt_k, mean_k = _fused.forward_stats(cfg, h, w, t - offset)
+    lse_k, tgt_k, mean_k = _logprobs_vjp.forward_stats(cfg, h, w, t - offset)
     m = lax.pmax(lse_k, vocab_axis)
     lse = m + jnp.log(lax.psum(jnp.exp(lse_k - m), vocab_axis))
     tgt = lax.psum(tgt_k, vocab_axis)
@@ -49,7 +49,7 @@ def _local_stats(cfg, vocab_axis, h, w, t):
 def _local_grads(cfg, vocab_axis, token_axes, h, w, t, lse, g, *entropy_terms):
     mean_z, g_ent = entropy_terms if entropy_terms else (None, None)
     offset = lax.axis_index(vocab_axis) * w.shape[1]
-    dh, dw = _fused.backward(
+    dh, dw = _logprobs_vjp.backward(
         cfg, h, w, t - offset, lse, mean_z, g, g_ent, dh_dtype=jnp.float32, dw_dtype=jnp.float32
     )
     dh = lax.psum(dh, vocab_axis).astype(h.dtype)
@@ -165,7 +165,7 @@ def token_logprobs_sharded(
             f"lm_head has V={vocab} columns, not a multiple of the {vocab_axis!r} axis size "
             f"{n_voc}; pad the vocabulary (e.g. to a multiple of 128 x {n_voc})."
         )
-    cfg = _fused.make_config(
+    cfg = _logprobs_vjp.make_config(
         impl,
         num_tokens=n // n_tok,
         dim=h.shape[1],

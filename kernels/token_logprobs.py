@@ -33,7 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from giftjax.kernels import _dispatch, _fused
+from giftjax.kernels import _dispatch, _logprobs_vjp
 
 __all__ = ["check_logprobs_inputs", "token_logprobs", "token_logprobs_reference"]
 
@@ -140,7 +140,7 @@ def token_logprobs(
     batch_shape = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1])  # [BT, D]
     t = targets.reshape(-1).astype(jnp.int32)  # [BT]
-    cfg = _fused.make_config(
+    cfg = _logprobs_vjp.make_config(
         impl,
         num_tokens=h.shape[0],
         dim=h.shape[1],
@@ -151,7 +151,7 @@ def token_logprobs(
         block_n=block_n,
         block_v=block_v,
     )
-    out = _fused.fused_logprobs(cfg, h, lm_head, t)
+    out = _logprobs_vjp.fused_logprobs(cfg, h, lm_head, t)
     if with_entropy:
         return out[0].reshape(batch_shape), out[1].reshape(batch_shape)
     return out.reshape(batch_shape)
