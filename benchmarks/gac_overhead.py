@@ -149,8 +149,8 @@ def main(argv=None):
         metrics = {  # what hybrid_step logs, less the gac/ scalars
             "loss/sft": sft.loss,
             "loss/rl": rl.loss,
-            "grad_norm/sft": jnp.sqrt(optim.tree_sq_norm(sft.grads)),
-            "grad_norm/rl": jnp.sqrt(optim.tree_sq_norm(rl.grads)),
+            "grad_norm/sft": optax.tree.norm(sft.grads),
+            "grad_norm/rl": optax.tree.norm(rl.grads),
         }
         return optax.apply_updates(params, updates), opt_state, metrics
 

@@ -120,7 +120,8 @@ def gift_loss(
       ``gift/zero_var_frac`` (fraction of groups whose rewards are all equal).
 
     References:
-      `GIFT: Group-relative Implicit Fine Tuning <https://arxiv.org/abs/2510.23868>`_, 2025.
+      Wang, `GIFT: Group-relative Implicit Fine Tuning <https://arxiv.org/abs/2510.23868>`_,
+      2025.
       Rafailov et al., `Direct Preference Optimization <https://arxiv.org/abs/2305.18290>`_,
       2023. Wang et al., `UNA <https://arxiv.org/abs/2408.15339>`_, 2024.
     """

@@ -10,13 +10,12 @@ from giftjax.optim.gac import (
     MODES,
     SMOOTHINGS,
     GacState,
-    GacStats,
     closed_form_mu,
     find_gac_state,
     gac,
     gac_metrics,
-    tree_sq_norm,
 )
+from giftjax.optim.gac_stats import GacStats, tree_sq_norm
 from giftjax.optim.proxy_stats import gac_proxy_stats, trimmed_var
 from giftjax.optim.schedules import chord_prior
 

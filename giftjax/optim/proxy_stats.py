@@ -6,7 +6,7 @@ rows are demonstrations. Shape letters: ``B`` sequences (demonstrations and roll
 any order), ``T`` response tokens.
 
 References:
-  GAC, arXiv:2605.26184, 2026.
+  `GAC <https://arxiv.org/abs/2605.26184>`_, 2026.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from giftjax.losses.sft import chord_phi
-from giftjax.optim.gac import GacStats
+from giftjax.optim.gac_stats import GacStats
 
 Array = jax.Array
 
