@@ -11,7 +11,7 @@ HBM check:
 
   python -m giftjax.aot --config=configs/gsm8k_llama3.1_8b_grpo.py --topology=v5p:2x2x2
 
-Settings: configs/math_rl.py with ``algo.name="grpo"`` and the GRPO preset of Shao et al.
+Settings: configs/common_math.py with ``algo.name="grpo"`` and the GRPO preset of Shao et al.
 2024 (clip 0.2, KL to the initial model with the k3 estimator and coefficient 0.04,
 per-sequence token mean); the KL term needs the frozen initial weights, so
 ``algo.reference="initial"`` (one more f32 copy of the parameters, sharded like them). The
@@ -24,14 +24,14 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/gsm8k_llama3.1_8b_grpo.py has no variant {arg!r}.")
-    c = math_rl.recipe(
+    c = common_math.recipe(
         task="gsm8k", preset="llama3.1-8b", checkpoint="checkpoints/Llama-3.1-8B-Instruct"
     )
     c.algo.name = "grpo"

@@ -10,7 +10,7 @@ HBM check before renting (compiles the train step and the sampler for the topolo
 
   python -m giftjax.aot --config=configs/gsm8k_qwen2.5_0.5b_gift.py --topology=v5e:2x4
 
-Settings: configs/math_rl.py (GIFT against pi_old, 4 updates per rollout batch, G = 8,
+Settings: configs/common_math.py (GIFT against pi_old, 4 updates per rollout batch, G = 8,
 lr 1e-6, bf16 compute, full remat) with FSDP over whatever devices there are. Without remat
 the update's activations need 41 GiB per v5e chip (``giftjax.aot`` says so); with it the
 recipe fits a 16 GiB v5e chip.
@@ -22,13 +22,13 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/gsm8k_qwen2.5_0.5b_gift.py has no variant {arg!r}.")
-    return math_rl.recipe(
+    return common_math.recipe(
         task="gsm8k", preset="qwen2.5-0.5b", checkpoint="checkpoints/Qwen2.5-0.5B-Instruct"
     )

@@ -11,7 +11,7 @@ HBM check (the README's "Will it fit?" table holds its result):
 
   python -m giftjax.aot --config=configs/gsm8k_qwen2.5_7b_gift.py --topology=v5p:2x2x2
 
-Settings: configs/math_rl.py (GIFT against pi_old, 4 updates per rollout batch, G = 8, 64
+Settings: configs/common_math.py (GIFT against pi_old, 4 updates per rollout batch, G = 8, 64
 prompts per step, lr 1e-6, bf16 compute, f32 master weights, full remat), FSDP over the 8
 chips.
 """
@@ -22,13 +22,13 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/gsm8k_qwen2.5_7b_gift.py has no variant {arg!r}.")
-    return math_rl.recipe(
+    return common_math.recipe(
         task="gsm8k", preset="qwen2.5-7b", checkpoint="checkpoints/Qwen2.5-7B-Instruct"
     )

@@ -11,7 +11,7 @@ HBM check:
 
   python -m giftjax.aot --config=configs/math_qwen2.5_32b_gift.py --topology=v5p:4x4x4
 
-Settings: configs/math_rl.py with MATH's lengths; 128 prompts per step (G = 8: 1024 rollout
+Settings: configs/common_math.py with MATH's lengths; 128 prompts per step (G = 8: 1024 rollout
 rows, 16 per chip) so that each of the 64 chips samples and trains whole rows, and FSDP over
 all chips (the 32B model's f32 weights and Adam moments, 393 GB, are 6.1 GB per chip).
 """
@@ -22,14 +22,14 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/math_qwen2.5_32b_gift.py has no variant {arg!r}.")
-    c = math_rl.recipe(
+    c = common_math.recipe(
         task="math", preset="qwen2.5-32b", checkpoint="checkpoints/Qwen2.5-32B-Instruct"
     )
     c.rollout.prompts_per_step = 128  # 4 updates of 32 prompts x 8 = 256 rows: 4 per chip

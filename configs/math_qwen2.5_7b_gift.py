@@ -12,7 +12,7 @@ HBM check:
 
   python -m giftjax.aot --config=configs/math_qwen2.5_7b_gift.py --topology=v5p:2x2x2
 
-Settings: configs/math_rl.py with MATH's longer prompts (512 tokens) and responses (1024),
+Settings: configs/common_math.py with MATH's longer prompts (512 tokens) and responses (1024),
 the ``math`` reward (math-verify equivalence) plus format; 2 micro-batches per update keep
 the longer rows' activations within the chip's HBM with headroom.
 """
@@ -23,14 +23,14 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/math_qwen2.5_7b_gift.py has no variant {arg!r}.")
-    c = math_rl.recipe(
+    c = common_math.recipe(
         task="math", preset="qwen2.5-7b", checkpoint="checkpoints/Qwen2.5-7B-Instruct"
     )
     c.train.micro_batches = 2

@@ -12,7 +12,7 @@ HBM check:
 
   python -m giftjax.aot --config=configs/math_qwen3_8b_hybrid_gac.py --topology=v5p:2x2x2
 
-Settings: configs/math_rl.py with ``algo.name="hybrid"``: the RL branch is GIFT against
+Settings: configs/common_math.py with ``algo.name="hybrid"``: the RL branch is GIFT against
 pi_old (4 updates per rollout batch), the SFT branch the CHORD-weighted NLL of the rows'
 reference solutions, mixed by ``giftjax.optim.gac`` with the ``gradient`` noise estimator
 (2 micro-batches per update, its minimum) and the CHORD prior counted in optimiser updates
@@ -26,14 +26,14 @@ import ml_collections
 
 from giftjax.config_files import sibling
 
-math_rl = sibling(__file__, "math_rl")
+common_math = sibling(__file__, "common_math")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe (no variants)."""
     if arg not in (None, ""):
         raise ValueError(f"configs/math_qwen3_8b_hybrid_gac.py has no variant {arg!r}.")
-    c = math_rl.recipe(task="math", preset="qwen3-8b", checkpoint="checkpoints/Qwen3-8B")
+    c = common_math.recipe(task="math", preset="qwen3-8b", checkpoint="checkpoints/Qwen3-8B")
     c.algo.name = "hybrid"
     c.algo.hybrid.rl = "gift"
     c.algo.hybrid.sft_weighting = "chord"

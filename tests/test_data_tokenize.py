@@ -10,7 +10,7 @@ from giftjax.data import (
     encode_demonstrations,
     encode_prompts,
 )
-from giftjax.data.tokenizer import VOCAB
+from giftjax.data.synthetic_tokenizer import VOCAB
 
 PAD, EOS = VOCAB.index("<pad>"), VOCAB.index("<eos>")
 

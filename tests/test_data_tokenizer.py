@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from giftjax.data import SYNTHETIC_VOCAB_SIZE, SyntheticTask, build_tokenizer
-from giftjax.data.tokenizer import VOCAB
+from giftjax.data.synthetic_tokenizer import VOCAB
 
 
 def ids_of(pieces):

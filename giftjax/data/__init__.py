@@ -22,10 +22,10 @@ from giftjax.data.synthetic import (
     score,
     synthetic_reward,
 )
+from giftjax.data.synthetic_tokenizer import SYNTHETIC_VOCAB_SIZE, build_tokenizer
 from giftjax.data.templates import TEMPLATES, render_prompt
 from giftjax.data.tfds_source import TfdsSource
 from giftjax.data.tokenize import decode_responses, encode_demonstrations, encode_prompts
-from giftjax.data.tokenizer import SYNTHETIC_VOCAB_SIZE, build_tokenizer
 
 __all__ = [
     "KINDS",

@@ -14,8 +14,8 @@ import numpy as np
 from giftjax.rewards import registry
 from giftjax.rewards.call import Call
 from giftjax.rewards.error_log import append_records, error_record
+from giftjax.rewards.pool import run_calls
 from giftjax.rewards.processes import START_METHODS, ProcessPool
-from giftjax.rewards.schedule import run_calls
 from giftjax.rewards.threads import ThreadPool
 
 EXECUTORS = ("thread", "process")
