@@ -17,10 +17,10 @@ machine it moves far less than wall time. Variants:
   (what tests/conftest.py sets). On XLA:CPU both compute float32 matmuls in float32: the
   loss and gradients come out bit-identical and the times agree.
 - `--remat P ...`: the layer rematerialisation policies to time (ModelConfig.remat).
-- `--mlp-3d`: also time the MLP written on [B, T, .] operands (giftjax before issue 11), whose
-  weight gradients contract two axes; XLA:CPU then materialises transposed copies of the
-  gate/up gradients fused with the SiLU backward: forward+backward cost ~4.3x the forward
-  (CPU time, this loss) instead of ~3.6x.
+- `--mlp-3d`: also time the MLP written on [B, T, .] operands (giftjax's MLP before the
+  RL-step speed work moved it to [B*T, .] rows), whose weight gradients contract two axes;
+  XLA:CPU then materialises transposed copies of the gate/up gradients fused with the SiLU
+  backward: forward+backward cost ~4.3x the forward (CPU time, this loss) instead of ~3.6x.
 
 `--profile DIR` also writes a device trace of the first variant's forward+backward and prints
 its most expensive XLA ops; `--hlo DIR` writes each compiled forward+backward.
@@ -52,7 +52,8 @@ from giftjax.kernels import token_logprobs
 from giftjax.models import Decoder, ModelConfig
 from giftjax.models import layers as layers_lib
 
-# The decoder of benchmarks/rl_step.py (issue 11): Qwen2-shaped, tied embeddings, float32.
+# The decoder of benchmarks/rl_step.py (the giftjax-vs-tunix RL step): Qwen2-shaped, tied
+# embeddings, float32.
 BENCH_CONFIG = ModelConfig(
     family="qwen2",
     vocab_size=4096,
@@ -69,7 +70,7 @@ BENCH_CONFIG = ModelConfig(
 
 
 def mlp_3d(self, x, constrain=layers_lib.no_constraint):
-    """The MLP on [B, T, .] operands (giftjax before issue 11), for comparison only."""
+    """The MLP on [B, T, .] operands (giftjax's before it ran on [B*T, .] rows), for comparison."""
     dt = x.dtype
     gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
     up = x @ self.up_proj[...].astype(dt)  # [B, T, F]

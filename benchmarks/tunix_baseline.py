@@ -1,8 +1,9 @@
 """tunix 0.1.7's GRPO on the configuration of `benchmarks/rl_step.py`: one full step, timed.
 
-The baseline of issue 11: tunix (`google-tunix==0.1.7`) builds GRPO from its own pieces,
-`RLCluster` (vanilla rollout engine, actor/reference/rollout on one mesh, weights shared
-between actor and rollout) and `GRPOLearner`, on the same problem as giftjax's RL step:
+The baseline of the RL-step speed comparison (`benchmarks/rl_step.py --baseline tunix`):
+tunix (`google-tunix==0.1.7`) builds GRPO from its own pieces, `RLCluster` (vanilla rollout
+engine, actor/reference/rollout on one mesh, weights shared between actor and rollout) and
+`GRPOLearner`, on the same problem as giftjax's RL step:
 
 - 8 prompts x G=4 samples (32 rows), 32-token prompts, 64 new tokens at temperature 1 with no
   early stop (the EOS id is outside the model's vocabulary, so it is never sampled);
@@ -50,7 +51,7 @@ from flax import nnx
 
 from giftjax.models import Decoder, ModelConfig
 
-# The problem of benchmarks/rl_step.py (issue 11).
+# The problem of benchmarks/rl_step.py (the giftjax-vs-tunix RL step).
 NUM_PROMPTS, NUM_GENERATIONS, PROMPT_LEN, NEW_TOKENS = 8, 4, 32, 64
 BENCH_CONFIG = ModelConfig(
     family="qwen2",

@@ -46,7 +46,9 @@ class MLP(nnx.Module):
         reads transposed in place. With [B, T, .] operands they contract two axes (B, T), and
         XLA:CPU materialised a transposed [F, B*T] copy of each gate/up gradient, fused with
         the SiLU backward in strided order: that copy cost more than the matmuls and made the
-        backward of the decoder ~5x its forward (issue 11). Same arithmetic, same results.
+        backward of the decoder ~5x its forward (the MLP was written on [B, T, .] operands until
+        the RL-step speed work; benchmarks/model_backward.py --mlp-3d times that form). Same
+        arithmetic, same results.
         """
         dt = x.dtype
         b, t, d = x.shape
@@ -67,8 +69,8 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 
-    The three methods mirror Attention's modes (`__call__`, `extend`, `decode`); arguments as
-    there, with x [B, T, D] the layer input.
+    The four methods mirror Attention's modes (`__call__`, `shared_prefix`, `extend`,
+    `decode`); arguments as there, with x [B, T, D] the layer input.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
