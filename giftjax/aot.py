@@ -40,27 +40,20 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from giftjax import runtime
+from giftjax.runtime import quiet_libtpu
 
 # Chip HBM in GiB per chip (Google Cloud's TPU documentation: v4 32 GiB, v5e 16 GiB,
 # v5p 95 GiB, v6e 32 GiB).
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
 HEADROOM = 0.10
 GIB = 2**30
-
-
-def set_environment() -> None:
-    """libtpu on a machine without a TPU: JAX on the CPU, no TPU host or metadata lookups."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiles need no exclusive TPU
 
 
 def chip_hbm(topology: str) -> tuple[str, int]:
@@ -72,35 +65,6 @@ def chip_hbm(topology: str) -> tuple[str, int]:
             "(e.g. v5p:2x2x2, v5e:2x2, v6e:4x4, v4:2x2x1)."
         )
     return chip, int(HBM_GIB[chip] * GIB)
-
-
-@contextlib.contextmanager
-def _stderr_to(path: str) -> Iterator[None]:
-    """Redirects file descriptor 2 (libtpu's C++ logging goes there) to ``path``."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "w") as f:
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def quiet_libtpu() -> Iterator[None]:
-    """Silences libtpu's start-up and compile chatter; shows it if the block raises."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "stderr.txt")
-        try:
-            with _stderr_to(path):
-                yield
-        except BaseException:
-            with open(path, errors="replace") as f:
-                sys.stderr.write(f.read()[-4000:])
-            raise
 
 
 def topology_devices(topology: str) -> list[Any]:
@@ -527,16 +491,13 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    from absl import app
+def main(flags: dict[str, Any]) -> None:
+    """Checks ``--config`` against ``--topology``, prints the report; exit 1 if it does not fit."""
     from absl import flags as absl_flags
     from ml_collections import config_flags
 
     from giftjax.train.config import ConfigError
 
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    flags = _FLAGS
     config = flags["config"].value
     try:
         report = check(
@@ -557,36 +518,31 @@ def main(argv: list[str]) -> None:
     sys.exit(0 if report.fits else 1)
 
 
-_FLAGS: dict[str, Any] = {}
-
-
-def _define_flags() -> None:
+def _define_flags() -> dict[str, Any]:
     from absl import flags
     from ml_collections import config_flags
 
-    _FLAGS["config"] = config_flags.DEFINE_config_file(
-        "config", None, "Path to a recipe (configs/*.py), optionally ':variant'.", lock_config=True
-    )
-    _FLAGS["topology"] = flags.DEFINE_string(
-        "topology", None, "TPU topology, e.g. v5p:2x2x2 (8 chips), v5p:4x4x4, v5e:2x2, v6e:4x4."
-    )
-    _FLAGS["headroom"] = flags.DEFINE_float(
-        "headroom", HEADROOM, "Fraction of HBM that must stay free for a recipe to fit."
-    )
-    _FLAGS["flops"] = flags.DEFINE_boolean(
-        "flops", True, "Count FLOPs per step (lowers the programs again with loops unrolled)."
-    )
-    _FLAGS["json"] = flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
+    recipe = "Path to a recipe (configs/*.py), optionally ':variant'."
+    defined = {
+        "config": config_flags.DEFINE_config_file("config", None, recipe, lock_config=True),
+        "topology": flags.DEFINE_string(
+            "topology", None, "TPU topology, e.g. v5p:2x2x2 (8 chips), v5p:4x4x4, v5e:2x2, v6e:4x4."
+        ),
+        "headroom": flags.DEFINE_float(
+            "headroom", HEADROOM, "Fraction of HBM that must stay free for a recipe to fit."
+        ),
+        "flops": flags.DEFINE_boolean(
+            "flops", True, "Count FLOPs per step (lowers the programs again with loops unrolled)."
+        ),
+        "json": flags.DEFINE_string("json", None, "Also write the report to this JSON file."),
+    }
     flags.mark_flags_as_required(["config", "topology"])
+    return defined
 
 
 def run() -> None:
     """Entry point of ``python -m giftjax.aot``; exits 1 when the recipe does not fit."""
-    from absl import app
-
-    set_environment()
-    _define_flags()
-    app.run(main)
+    runtime.start_cli(main, _define_flags, compile_only=True)
 
 
 if __name__ == "__main__":

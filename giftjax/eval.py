@@ -15,20 +15,12 @@ the run's own; it may differ only in keys that leave the trained weights alone
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from collections.abc import Mapping
 
-from absl import app
-
-from giftjax.runtime import (
-    RunFlags,
-    define_run_flags,
-    quiet_accelerator_probes,
-    start_read_only_cli,
-)
+from giftjax import runtime
 
 
 def output_path(workdir: str, step: int) -> str:
@@ -82,8 +74,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
     return step, metrics
 
 
-def main(argv: list[str], *, flags: RunFlags) -> None:
-    start_read_only_cli(argv)
+def _define_flags() -> runtime.RunFlags:
+    return runtime.define_run_flags(step_help="The checkpoint step to evaluate (default: newest).")
+
+
+def main(flags: runtime.RunFlags) -> None:
+    """Evaluates ``--step`` of the run in ``--workdir`` and prints the metrics table."""
     from giftjax.train.config import ConfigError
 
     workdir = flags.workdir.value
@@ -98,9 +94,10 @@ def main(argv: list[str], *, flags: RunFlags) -> None:
 
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.eval``)."""
-    quiet_accelerator_probes()
-    flags = define_run_flags("The checkpoint step to evaluate (default: newest).")
-    app.run(functools.partial(main, flags=flags))
+    from absl import logging as absl_logging
+
+    # orbax warns about every read-only open of a checkpoint folder: absl's errors only.
+    runtime.start_cli(main, _define_flags, absl_verbosity=absl_logging.ERROR)
 
 
 if __name__ == "__main__":

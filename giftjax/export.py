@@ -14,18 +14,12 @@ recipes). Nothing of the run is modified. One process only: the parameters must 
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 import sys
+from typing import Any
 
-from absl import app
-
-from giftjax.runtime import (
-    RunFlags,
-    define_run_flags,
-    quiet_accelerator_probes,
-    start_read_only_cli,
-)
+from giftjax import runtime
 
 ADAPTER_DIR = "adapter"
 
@@ -74,17 +68,35 @@ def export_checkpoint(
     return step, written
 
 
-def main(argv: list[str], *, flags: RunFlags, out, dtype) -> None:
-    start_read_only_cli(argv)
+@dataclasses.dataclass(frozen=True)
+class _Flags:
+    run: runtime.RunFlags
+    out: Any
+    dtype: Any
+
+
+def _define_flags() -> _Flags:
+    from absl import flags
+
+    run = runtime.define_run_flags(step_help="The checkpoint step to export (default: newest).")
+    out = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/hf).")
+    dtype = flags.DEFINE_enum(
+        "dtype", "", ["", "float32", "bfloat16"], "Dtype of the written weights (default: params')."
+    )
+    return _Flags(run, out, dtype)
+
+
+def main(flags: _Flags) -> None:
+    """Exports ``--step`` of the run in ``--workdir`` and prints the folders written."""
     from giftjax.train.config import ConfigError
 
     try:
         step, written = export_checkpoint(
-            flags.config.value,
-            flags.workdir.value,
-            out.value,
-            step=flags.step.value,
-            dtype=dtype.value,
+            flags.run.config.value,
+            flags.run.workdir.value,
+            flags.out.value,
+            step=flags.run.step.value,
+            dtype=flags.dtype.value,
         )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -97,15 +109,10 @@ def main(argv: list[str], *, flags: RunFlags, out, dtype) -> None:
 
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.export``)."""
-    quiet_accelerator_probes()
-    from absl import flags as absl_flags
+    from absl import logging as absl_logging
 
-    flags = define_run_flags("The checkpoint step to export (default: newest).")
-    out = absl_flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/hf).")
-    dtype = absl_flags.DEFINE_enum(
-        "dtype", "", ["", "float32", "bfloat16"], "Dtype of the written weights (default: params')."
-    )
-    app.run(functools.partial(main, flags=flags, out=out, dtype=dtype))
+    # orbax warns about every read-only open of a checkpoint folder: absl's errors only.
+    runtime.start_cli(main, _define_flags, absl_verbosity=absl_logging.ERROR)
 
 
 if __name__ == "__main__":

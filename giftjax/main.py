@@ -13,29 +13,21 @@ with one checkpoint.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
-
-from giftjax.runtime import quiet_accelerator_probes
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Path to a config file (configs/*.py), optionally ':variant'.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints are written.")
-flags.mark_flags_as_required(["config", "workdir"])
+from giftjax import runtime
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _define_flags() -> runtime.RunFlags:
+    return runtime.define_run_flags(
+        config_help="Path to a config file (configs/*.py), optionally ':variant'.",
+        workdir_help="Where metrics and checkpoints are written.",
+    )
+
+
+def main(flags: runtime.RunFlags) -> None:
+    """Trains the run of ``--config`` in ``--workdir`` (resuming it) and prints the last step."""
     from giftjax import distributed
 
     try:
@@ -43,16 +35,12 @@ def main(argv: list[str]) -> None:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    logging.getLogger("giftjax").setLevel(logging.INFO)
-    # orbax and grain log every checkpoint step at INFO through absl: keep the console for
-    # the progress bar and warnings (--verbosity=0 brings them back).
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
     from giftjax.train import loop
     from giftjax.train.config import ConfigError
 
+    workdir = flags.workdir.value
     try:
-        last = loop.train(_CONFIG.value, _WORKDIR.value)
+        last = loop.train(flags.config.value, workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -61,13 +49,16 @@ def main(argv: list[str]) -> None:
         summary = ", ".join(f"{k} {last[k]:.4g}" for k in keys)
         print(f"step {last['step']}: {summary}")
     if distributed.process_index() == 0:  # only process 0 writes metrics.jsonl
-        print(f"metrics: {os.path.join(_WORKDIR.value, 'metrics.jsonl')}")
+        print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
 
 
 def run() -> None:
     """Entry point (also used by ``python -m giftjax.main``)."""
-    quiet_accelerator_probes()
-    app.run(main)
+    from absl import logging as absl_logging
+
+    # orbax and grain log every checkpoint step at INFO through absl: keep the console for
+    # the progress bar and warnings (--verbosity=0 brings them back).
+    runtime.start_cli(main, _define_flags, absl_verbosity=absl_logging.WARNING)
 
 
 if __name__ == "__main__":
