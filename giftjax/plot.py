@@ -1,13 +1,21 @@
-"""Reward, loss and GAC curves of a run, drawn from WORKDIR/metrics.jsonl to a PNG.
+"""Reward, loss, eval and GAC curves of a run, drawn from WORKDIR/metrics.jsonl to a PNG.
 
 Command::
 
     python -m giftjax.plot WORKDIR [--out PATH] [--smooth N]
 
-writes ``WORKDIR/reward.png`` (or PATH) and prints the path. Panels, x axis = step:
-``reward/mean`` (with ``eval/*`` values as points), ``loss``, and ``gac/mu`` with ``gac/mu_raw``
-and ``gac/prior`` when the run logged them (hybrid runs). Exit code 2 when metrics.jsonl is
-missing or holds no rows.
+writes ``WORKDIR/reward.png`` (or PATH) and prints the path. Panels, x axis = step, each with
+its legend to the right of the curves:
+
+- ``reward``: the sampled responses' ``reward/mean``;
+- ``loss``: one curve per objective: the SFT warm-up steps (rows with ``phase/sft_warmup``),
+  the run's algorithm (``algo.name`` from ``WORKDIR/config.json``), and in hybrid runs the
+  branches' ``loss/sft`` and ``loss/rl`` beside the mixed ``loss``;
+- ``eval``: every ``eval/...`` metric, one point per eval step;
+- ``gac``: ``gac/mu`` with ``gac/mu_raw`` and ``gac/prior``, only when the run logged them
+  (hybrid runs).
+
+Exit code 2 when metrics.jsonl is missing or holds no rows.
 
 This module imports neither jax nor the trainer, and draws through matplotlib's Agg canvas
 without pyplot, so it runs on a machine with no display and leaves an interactive session's
@@ -21,7 +29,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +37,10 @@ import numpy as np
 __all__ = ["load_metrics", "main", "moving_average", "plot_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
 DEFAULT_OUT = "reward.png"
+WARMUP_KEY = "phase/sft_warmup"  # set on the rows of SFT warm-up steps
+PANEL_HEIGHT = 2.6  # inches per panel
 
 
 def load_metrics(path: str) -> list[dict[str, Any]]:
@@ -80,36 +91,83 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return (csum[i + 1] - csum[lo]) / (i + 1 - lo)
 
 
-def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of the rows holding a finite number under ``key``."""
+def _series(
+    rows: Sequence[dict[str, Any]], key: str, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows (those ``keep`` accepts) holding a finite number at ``key``."""
     pairs = [
         (r["step"], float(r[key]))
         for r in rows
-        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and "step" in r
+        if isinstance(r.get(key), (int, float))
+        and math.isfinite(r[key])
+        and "step" in r
+        and (keep is None or keep(r))
     ]
     steps, values = zip(*pairs, strict=True) if pairs else ((), ())
     return np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
 
 
-def _draw_line(ax: Any, rows: Sequence[dict[str, Any]], key: str, window: int) -> bool:
-    steps, values = _series(rows, key)
+def _draw_line(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    key: str,
+    window: int,
+    *,
+    label: str | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> bool:
+    """One curve of ``key`` (faint raw values under their moving average when window > 1)."""
+    steps, values = _series(rows, key, keep)
     if not len(steps):
         return False
+    label = label or key
     if window > 1:
         (raw,) = ax.plot(steps, values, alpha=0.3, linewidth=0.8)
-        ax.plot(
-            steps,
-            moving_average(values, window),
-            color=raw.get_color(),
-            label=f"{key} (avg {window})",
-        )
+        smoothed = moving_average(values, window)
+        ax.plot(steps, smoothed, color=raw.get_color(), label=f"{label} (avg {window})")
     else:
-        ax.plot(steps, values, label=key)
+        ax.plot(steps, values, label=label)
     return True
 
 
-def plot_metrics(rows: Sequence[dict[str, Any]], out: str, *, smooth: int = 1) -> str:
-    """Draw reward, loss and (if logged) GAC panels from metrics rows to an image file.
+def _loss_curves(
+    ax: Any, rows: Sequence[dict[str, Any]], window: int, objective: str | None
+) -> bool:
+    """The loss panel: one curve per objective (SFT warm-up, the run's algorithm, branches)."""
+    warmup = lambda r: WARMUP_KEY in r
+    drawn = _draw_line(ax, rows, "loss", window, label="loss: sft warm-up", keep=warmup)
+    name = f"loss: {objective}" if objective else "loss"
+    drawn |= _draw_line(ax, rows, "loss", window, label=name, keep=lambda r: not warmup(r))
+    for key in ("loss/sft", "loss/rl"):  # the branches of a hybrid step
+        drawn |= _draw_line(ax, rows, key, window, label=f"{key} (branch)")
+    return drawn
+
+
+def _eval_points(ax: Any, rows: Sequence[dict[str, Any]], keys: set[str]) -> bool:
+    """The eval panel: every ``eval/<split>/<metric>``, a marker per eval step; one colour per
+    metric, one line style per split (solid for the first, dashed, dotted, ...)."""
+    names = sorted(k[len("eval/") :] for k in keys if k.startswith("eval/"))
+    splits = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+    metrics = sorted({n.split("/", 1)[-1] for n in names})
+    styles = ("-", "--", ":", "-.")
+    drawn = False
+    for name in names:
+        steps, values = _series(rows, f"eval/{name}")
+        if not len(steps):
+            continue
+        split, metric = name.split("/", 1) if "/" in name else ("", name)
+        style = styles[splits.index(split) % len(styles)] if split in splits else "-"
+        color = f"C{metrics.index(metric) % 10}"
+        ax.plot(steps, values, marker="o", linestyle=style, color=color, markersize=3,
+                linewidth=1, label=name)  # fmt: skip
+        drawn = True
+    return drawn
+
+
+def plot_metrics(
+    rows: Sequence[dict[str, Any]], out: str, *, smooth: int = 1, objective: str | None = None
+) -> str:
+    """Draw the reward, loss, eval and (if logged) GAC panels of metrics rows to an image file.
 
     Args:
       rows: dicts with ``step`` and metric keys, as in metrics.jsonl. Non-finite values are
@@ -118,6 +176,7 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: str, *, smooth: int = 1) -
       smooth: trailing moving-average window over logged points for the training curves
         (drawn over the faint raw curve); 1 draws the raw values only. Eval points are never
         smoothed.
+      objective: the name of the run's objective (``algo.name``), for the loss legend.
 
     Returns:
       ``out``.
@@ -129,29 +188,27 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: str, *, smooth: int = 1) -
     if window < 1:
         raise ValueError(f"smooth must be >= 1, got {window}.")
     keys = {k for r in rows for k in r}
-    panels = ["reward", "loss"] + (["gac"] if "gac/mu" in keys else [])
-    fig = Figure(figsize=(7, 2.6 * len(panels)), layout="constrained")
+    panels = ["reward", "loss", "eval"] + (["gac"] if "gac/mu" in keys else [])
+    fig = Figure(figsize=(9, PANEL_HEIGHT * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "reward":
             drawn = _draw_line(ax, rows, "reward/mean", window)
-            for key in sorted(k for k in keys if k.startswith("eval/")):
-                steps, values = _series(rows, key)
-                if len(steps):
-                    ax.plot(steps, values, "o", markersize=4, label=key)
-                    drawn = True
-            ax.set_ylabel("reward")
+            ax.set_ylabel("reward (samples)")
         elif panel == "loss":
-            drawn = _draw_line(ax, rows, "loss", window)
+            drawn = _loss_curves(ax, rows, window, objective)
             ax.set_ylabel("loss")
+        elif panel == "eval":
+            drawn = _eval_points(ax, rows, keys)
+            ax.set_ylabel("eval")
         else:
             drawn = False
             for key in ("gac/mu", "gac/mu_raw", "gac/prior"):
                 drawn |= _draw_line(ax, rows, key, 1)
             ax.set_ylabel("SFT weight mu")
-        if drawn:
-            ax.legend(fontsize="small", loc="best")
+        if drawn:  # outside the axes, on the right: the curves stay uncovered
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
@@ -162,11 +219,21 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: str, *, smooth: int = 1) -
     return out
 
 
+def _objective(workdir: str) -> str | None:
+    """``algo.name`` from the run's config.json, or None when it cannot be read."""
+    try:
+        with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+            name = json.load(f).get("algo", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m giftjax.plot WORKDIR [--out PATH] [--smooth N]``; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m giftjax.plot",
-        description="Plot reward, loss and GAC curves from WORKDIR/metrics.jsonl.",
+        description="Plot reward, loss, eval and GAC curves from WORKDIR/metrics.jsonl.",
     )
     parser.add_argument("workdir", help="the run's directory (holds metrics.jsonl)")
     parser.add_argument("--out", help=f"image path (default: WORKDIR/{DEFAULT_OUT})")
@@ -182,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.workdir, DEFAULT_OUT)
-    print(plot_metrics(rows, out, smooth=args.smooth))
+    print(plot_metrics(rows, out, smooth=args.smooth, objective=_objective(args.workdir)))
     return 0
 
 

@@ -66,10 +66,10 @@ def test_cli_writes_png(tmp_path, capsys):
 
 
 def test_gac_panel_only_when_logged(tmp_path):
-    # Figure height is 2.6 inches per panel at 120 dpi: 3 panels with GAC keys, 2 without.
-    _, h3 = _png_size(plot_metrics(_rows(hybrid=True), str(tmp_path / "a.png")))
-    _, h2 = _png_size(plot_metrics(_rows(hybrid=False), str(tmp_path / "b.png")))
-    assert (h3, h2) == (round(3 * 2.6 * 120), round(2 * 2.6 * 120))
+    # Figure height is 2.6 inches per panel at 120 dpi: reward, loss, eval, plus GAC when logged.
+    _, h4 = _png_size(plot_metrics(_rows(hybrid=True), str(tmp_path / "a.png")))
+    _, h3 = _png_size(plot_metrics(_rows(hybrid=False), str(tmp_path / "b.png")))
+    assert (h4, h3) == (round(4 * 2.6 * 120), round(3 * 2.6 * 120))
 
 
 @pytest.mark.parametrize(
