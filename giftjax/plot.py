@@ -24,7 +24,6 @@ backend alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -229,27 +228,36 @@ def _objective(workdir: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _define_flags(values: Any) -> dict[str, Any]:
+    from absl import flags
+
+    return {
+        "out": flags.DEFINE_string(
+            "out", None, f"image path (default: WORKDIR/{DEFAULT_OUT})", flag_values=values
+        ),
+        "smooth": flags.DEFINE_integer(
+            "smooth", 1, "moving-average window in logged points (>= 1)", lower_bound=1,
+            flag_values=values,
+        ),
+    }  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m giftjax.plot WORKDIR [--out PATH] [--smooth N]``; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m giftjax.plot",
-        description="Plot reward, loss, eval and GAC curves from WORKDIR/metrics.jsonl.",
-    )
-    parser.add_argument("workdir", help="the run's directory (holds metrics.jsonl)")
-    parser.add_argument("--out", help=f"image path (default: WORKDIR/{DEFAULT_OUT})")
-    parser.add_argument(
-        "--smooth", type=int, default=1, help="moving-average window in logged points (>= 1)"
-    )
-    args = parser.parse_args(argv)
-    if args.smooth < 1:
-        parser.error(f"--smooth must be >= 1, got {args.smooth}")
+    from giftjax import runtime
+
+    flags, (workdir,) = runtime.parse_flags(
+        argv, _define_flags, prog="python -m giftjax.plot", usage="WORKDIR [--out PATH] "
+        "[--smooth N]", num_args=1,
+    )  # fmt: skip
     try:
-        rows = load_metrics(os.path.join(args.workdir, METRICS_FILE))
+        rows = load_metrics(os.path.join(workdir, METRICS_FILE))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join(args.workdir, DEFAULT_OUT)
-    print(plot_metrics(rows, out, smooth=args.smooth, objective=_objective(args.workdir)))
+    out = flags["out"].value or os.path.join(workdir, DEFAULT_OUT)
+    smooth = flags["smooth"].value
+    print(plot_metrics(rows, out, smooth=smooth, objective=_objective(workdir)))
     return 0
 
 

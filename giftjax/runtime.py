@@ -9,6 +9,11 @@ parsing, a refusal of stray arguments and the logging levels::
     def run() -> None:
         runtime.start_cli(_main, _define_flags, absl_verbosity=absl_logging.WARNING)
 
+The host-side tools ``giftjax.plot`` and ``giftjax.data.prepare`` take positional arguments and
+are called in-process as ``main(argv) -> exit code``: :func:`parse_flags` defines their absl
+flags on a fresh ``FlagValues`` each call (the same flag syntax, ``--out=DIR`` or ``--out DIR``,
+with nothing left on absl's global flags).
+
 ``quiet_accelerator_probes`` keeps a CPU run free of libtpu's start-up noise: with libtpu
 installed (the ``[test]`` extra) on a machine without a TPU, JAX's TPU backend probe prints
 initialisation errors ("could not determine TPU worker hostnames ...") before a CPU run
@@ -28,7 +33,7 @@ import glob
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 Flags = TypeVar("Flags")
@@ -139,6 +144,51 @@ def start_cli(
         main(holders)
 
     app.run(app_main)
+
+
+def parse_flags(
+    argv: Sequence[str] | None,
+    define_flags: Callable[[Any], Flags],
+    *,
+    prog: str,
+    usage: str,
+    num_args: int,
+) -> tuple[Flags, list[str]]:
+    """Parses a host-side tool's command line with absl flags defined for this call only.
+
+    Args:
+      argv: the arguments after the program name (None: ``sys.argv[1:]``).
+      define_flags: ``define_flags(flag_values)`` defines the tool's flags on the given
+        ``absl.flags.FlagValues`` (``flags.DEFINE_string(..., flag_values=flag_values)``) and
+        returns their holders.
+      prog: the command, for messages (``python -m giftjax.plot``).
+      usage: the arguments' synopsis (``WORKDIR [--out PATH] [--smooth N]``).
+      num_args: how many positional arguments the tool takes.
+
+    Returns:
+      ``(holders, positional arguments)``.
+
+    Raises:
+      SystemExit: code 0 after printing the help for ``--help``; code 2 after printing the
+        usage and the error for a bad command line (an unknown or invalid flag, a missing
+        required one, a wrong number of positional arguments).
+    """
+    from absl import flags
+
+    values = flags.FlagValues()
+    holders = define_flags(values)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(f"usage: {prog} {usage}\n\n{values.get_help(include_special_flags=False)}")
+        raise SystemExit(0)
+    try:
+        rest = values([prog, *args])[1:]
+        if len(rest) != num_args:
+            raise flags.Error(f"expected {num_args} positional argument(s), got {rest}")
+    except flags.Error as e:
+        print(f"usage: {prog} {usage}\nerror: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return holders, rest
 
 
 @dataclasses.dataclass(frozen=True)

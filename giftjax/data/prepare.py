@@ -21,7 +21,6 @@ The command prints what it wrote and the config overrides that train on it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -198,34 +198,52 @@ def _overrides(name: str, out: str, result: dict) -> list[str]:
     return lines
 
 
+def _define_flags(values: Any) -> dict[str, Any]:
+    from absl import flags
+
+    return {
+        "out": flags.DEFINE_string(
+            "out", None, "output folder (created if needed)", required=True, flag_values=values
+        ),
+        "from": flags.DEFINE_string(
+            "from", None, "local folder with the published <split>.jsonl files (default: fetch "
+            "them)", flag_values=values,
+        ),
+        "url_base": flags.DEFINE_string(
+            "url-base", None, "fetch <URL><split>.jsonl from here instead of the official "
+            "location", flag_values=values,
+        ),
+    }  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 on success, 1 on an error it explains)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m giftjax.data.prepare",
-        description="Prepare GSM8K or MATH-500: checked JSONL and a TFDS array_record data set.",
+    """The command line; returns the exit status (0 on success, 1 on an error it explains).
+
+    Raises:
+      SystemExit: code 2 on a usage error (an unknown data set, a missing ``--out``, both
+        ``--from`` and ``--url-base``).
+    """
+    from giftjax import runtime
+
+    prog, usage = "python -m giftjax.data.prepare", f"{{{','.join(sorted(DATASETS))}}} --out DIR"
+    flags, (name,) = runtime.parse_flags(
+        argv, _define_flags, prog=prog, usage=usage + " [--from PATH | --url-base URL]", num_args=1
     )
-    parser.add_argument("name", choices=sorted(DATASETS), help="the data set")
-    parser.add_argument("--out", required=True, help="output folder (created if needed)")
-    parser.add_argument(
-        "--from",
-        dest="from_path",
-        default=None,
-        help="local folder with the published <split>.jsonl files (default: fetch them)",
-    )
-    parser.add_argument(
-        "--url-base",
-        default=None,
-        help="fetch <URL><split>.jsonl from here instead of the official location",
-    )
-    args = parser.parse_args(argv)
-    if args.from_path is not None and args.url_base is not None:
-        parser.error("give --from (local files) or --url-base (fetch), not both")
+    out, from_path, url_base = (flags[k].value for k in ("out", "from", "url_base"))
+    problem = None
+    if name not in DATASETS:
+        problem = f"unknown data set {name!r}; choose from {sorted(DATASETS)}"
+    elif from_path is not None and url_base is not None:
+        problem = "give --from (local files) or --url-base (fetch), not both"
+    if problem:
+        print(f"usage: {prog} {usage}\nerror: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        result = prepare(args.name, args.out, from_path=args.from_path, url_base=args.url_base)
+        result = prepare(name, out, from_path=from_path, url_base=url_base)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("\n".join(_overrides(args.name, args.out, result)))
+    print("\n".join(_overrides(name, out, result)))
     return 0
 
 
