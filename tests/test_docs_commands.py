@@ -1,8 +1,9 @@
 """Every command the documentation shows exists and works.
 
-Commands are collected from README.md (fenced code blocks and inline code spans) and from the
-module docstrings of configs/*.py: each `python -m giftjax...` and `python benchmarks/...`
-segment (a line may chain several with `&&`). New commands are picked up as they are written.
+Commands are collected from README.md and the documentation site's pages (docs/**/*.md; fenced
+code blocks and inline code spans) and from the module docstrings of configs/*.py: each
+`python -m giftjax...` and `python benchmarks/...` segment (a line may chain several with `&&`).
+New commands are picked up as they are written.
 
 - `python -m giftjax.main --config=FILE[:ARG] ...`: FILE exists, `get_config(ARG)` loads, and
   every `--config.key=value` override names an existing key; then the command runs for real in
@@ -39,10 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # A documented command that is too long to run in a test -> the short variant actually run
 # (same file and variant, smaller sizes). Keys are the command exactly as documented.
 SHORT_VARIANTS = {
-    "python -m giftjax.demo --config=configs/demo.py:big --workdir=/tmp/giftjax-demo": (
-        "python -m giftjax.demo --config=configs/demo.py:big --workdir=/tmp/giftjax-demo "
-        "--config.batch.prompts=2 --config.batch.tokens=8"
-    ),
     # The trainer recipes: the same config for a few steps (tests/test_train_cli.py runs the
     # smoke recipe's short variant to the end and checks that it learns).
     "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke": (
@@ -69,13 +66,15 @@ RUN_ELSEWHERE = {
     ),
 }
 # Why benchmarks are only started with --help: each times many repeats (minutes on a 2-core
-# CPU) and writes benchmarks/results; model_tpu_aot compiles a 7B model for a TPU pod through
-# libtpu (minutes, gigabytes of memory).
+# CPU) and writes benchmarks/results; aot_fit and lora_memory compile 7B-32B models for TPU
+# topologies through libtpu (minutes to hours, gigabytes of memory).
 HELP_ONLY = "timed benchmarks and TPU compiles take minutes to hours; --help checks they start"
 # Modules run for real on a work directory (`giftjax.main` aside).
 RUN_ON_WORKDIR = {"giftjax.plot"}
 # Modules run for real on a trained run: the same config's documented training command (its
 # short variant) runs first on the work directory, then the command with the same overrides.
+# Named without arguments in prose ("`python -m giftjax.eval` evaluates ..."), they are only
+# started with --help like any other module.
 RUN_AFTER_TRAINING = {"giftjax.eval", "giftjax.export"}
 for _module in RUN_AFTER_TRAINING:
     SHORT_VARIANTS[
@@ -84,9 +83,9 @@ for _module in RUN_AFTER_TRAINING:
         "python -m giftjax.main --config=configs/smoke_cpu.py --workdir=/tmp/giftjax-smoke"
     ].replace("giftjax.main", _module)
 
-# A command template in prose ("--config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
-# shows a form, not a runnable command.
-_TEMPLATE = re.compile(r"configs/NAME\.py|\[--")
+# A command template in prose ("--config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]",
+# "python -m giftjax...", "python benchmarks/...") shows a form, not a runnable command.
+_TEMPLATE = re.compile(r"configs/NAME\.py|\[--|<recipe>|\.\.\.")
 _START = re.compile(r"^(?:python3?|\S*/python)\s+(?:-m\s+giftjax\b|benchmarks/)")
 
 
@@ -104,12 +103,24 @@ def _segments(text: str) -> list[str]:
     return out
 
 
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
-    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M)
+def markdown_commands(path: Path) -> list[str]:
+    """The commands of a Markdown file's fenced code blocks and inline code spans."""
+    text = path.read_text()
+    blocks = re.findall(r"^ *```[^\n]*\n(.*?)^ *```", text, flags=re.S | re.M)
+    prose = re.sub(r"^ *```[^\n]*\n.*?^ *```", "", text, flags=re.S | re.M)
     spans = re.findall(r"`([^`\n]+)`", prose)
     return [c for chunk in [*blocks, *spans] for c in _segments(chunk)]
+
+
+def readme_commands() -> list[str]:
+    return markdown_commands(ROOT / "README.md")
+
+
+DOC_PAGES = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def docs_commands() -> list[str]:
+    return [c for page in DOC_PAGES for c in markdown_commands(page)]
 
 
 def config_commands() -> list[str]:
@@ -121,7 +132,7 @@ def config_commands() -> list[str]:
 
 
 def documented_commands() -> list[str]:
-    return list(dict.fromkeys(readme_commands() + config_commands()))
+    return list(dict.fromkeys(readme_commands() + docs_commands() + config_commands()))
 
 
 COMMANDS = documented_commands()
@@ -168,7 +179,7 @@ def _is_placeholder(word: str) -> bool:
 def _substitute(args: list[str], workdir: Path) -> list[str]:
     out = []
     for a in args:
-        if a.startswith("--workdir="):  # any value: DIR, /tmp/giftjax-demo, ...
+        if a.startswith("--workdir="):  # any value: DIR, /tmp/giftjax-smoke, ...
             a = f"--workdir={workdir}"
         elif not a.startswith("-") and _is_placeholder(a):
             a = str(workdir)
@@ -192,17 +203,22 @@ def _write_metrics(workdir: Path) -> None:
 
 
 def test_commands_are_found():
-    """The extraction sees the README's run command, the config docstrings' launch commands
-    and the benchmarks (a broken extraction would otherwise pass by checking nothing)."""
+    """The extraction sees the README's run command, the docs pages' commands, the config
+    docstrings' launch commands and the benchmarks (a broken extraction would otherwise pass
+    by checking nothing)."""
     main = "python -m giftjax.main --config=configs/"
     assert any(c.startswith(main) for c in readme_commands()), readme_commands()
     assert any(c.startswith(main) for c in config_commands()), config_commands()
-    assert any(c.startswith("python benchmarks/") for c in readme_commands()), readme_commands()
+    assert len(DOC_PAGES) > 10, DOC_PAGES
+    docs = docs_commands()
+    assert any(c.startswith(main) for c in docs), docs
+    assert any(c.startswith("python benchmarks/") for c in docs), docs
+    assert any(c.startswith("python -m giftjax.data.prepare") for c in docs), docs
     assert set(SHORT_VARIANTS) <= set(COMMANDS), set(SHORT_VARIANTS) - set(COMMANDS)
     assert set(RUN_ELSEWHERE) <= set(COMMANDS), set(RUN_ELSEWHERE) - set(COMMANDS)
 
 
-CONFIG_MODULES = ("giftjax.main", "giftjax.demo")  # take --config=FILE and --workdir
+CONFIG_MODULES = ("giftjax.main",)  # takes --config=FILE and --workdir
 MAIN = [c for c in COMMANDS if _split(c)[0] in CONFIG_MODULES]
 MODULES = [c for c in COMMANDS if _split(c)[0] not in (None, *CONFIG_MODULES)]
 SCRIPTS = [c for c in COMMANDS if _split(c)[2] is not None]
@@ -264,7 +280,7 @@ def test_main_command_runs(command, train):
 def test_module_command(command, tmp_path):
     module, args, _ = _split(SHORT_VARIANTS.get(command, command))
     assert importlib.util.find_spec(module) is not None, f"{command}: no module {module}"
-    if module in RUN_AFTER_TRAINING:
+    if module in RUN_AFTER_TRAINING and args:
         pytest.skip("run by test_command_on_a_trained_run (slow)")
     if module in RUN_ON_WORKDIR:
         _write_metrics(tmp_path / "workdir")
@@ -286,7 +302,7 @@ def test_benchmark_script_starts(command):
     assert out.returncode == 0, f"{command} ({HELP_ONLY})\n{out.stderr[-3000:]}"
 
 
-AFTER_TRAINING = [c for c in MODULES if _split(c)[0] in RUN_AFTER_TRAINING]
+AFTER_TRAINING = [c for c in MODULES if _split(c)[0] in RUN_AFTER_TRAINING and _split(c)[1]]
 
 
 @pytest.mark.slow
