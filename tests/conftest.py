@@ -5,11 +5,24 @@ at the top of conftest (pytest imports it before any test module).
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+# Compiled programs go to an on-disk cache that the xdist workers and the subprocesses of the
+# end-to-end tests (which inherit this environment) share: the smoke recipe's train step that ten
+# CLI runs compile is compiled once. JAX keys an entry by the program, the compile options, the
+# devices and the jax version, so a hit is the same executable and results stay bit-identical.
+# GIFTJAX_TEST_XLA_CACHE=off turns it off (for example to time a cold compile).
+_cache = os.environ.get("GIFTJAX_TEST_XLA_CACHE", "")
+if _cache != "off":
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR",
+        _cache or os.path.join(tempfile.gettempdir(), f"giftjax-test-xla-cache-{os.getuid()}"),
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # libtpu (installed for ahead-of-time TPU compiles) looks for TPU hosts at start-up.
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
