@@ -55,6 +55,7 @@ def _numbers(cell: str) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_convergence_quick_two_methods(tmp_path):
     stdout = _run("convergence.py", tmp_path, "--methods", "gift", "grpo")
     assert re.search(r"^3 runs in all \(2 sweep runs", stdout, flags=re.M), stdout
@@ -83,6 +84,7 @@ def test_convergence_quick_two_methods(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_hybrid_quick_two_methods(tmp_path):
     stdout = _run("hybrid.py", tmp_path, "--methods", "gac_separate", "fixed_0.5")
     assert re.search(r"^2 runs in all", stdout, flags=re.M), stdout

@@ -257,6 +257,7 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
     directory = str(tmp_path / "ckpt")
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu")

@@ -35,7 +35,8 @@ OVERRIDES = {
 }
 FINAL = 3  # warm-up + steps: the last step, where the loop always evaluates
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (pyproject: --dist loadgroup): its tests share one trained run.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("eval_cli")]
 
 
 def _config():

@@ -22,7 +22,7 @@ import pytest
 from configs import smoke_cpu
 from giftjax.train.metrics import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED = (

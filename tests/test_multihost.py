@@ -51,6 +51,9 @@ ARGS = (
 )
 TIMED = ("time/", "tokens/per_sec")  # wall-clock measurements differ between runs
 slow = pytest.mark.slow
+# One worker runs the module (pyproject: --dist loadgroup): the resume test compares with the
+# module's 2-process run, and two 2-process runs never compete for the CPU at once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -90,6 +90,7 @@ def test_load_metrics_reports_corrupt_line(tmp_path):
         load_metrics(str(tmp_path / "metrics.jsonl"))
 
 
+@pytest.mark.e2e
 def test_python_dash_m(tmp_path):
     _write(tmp_path / "metrics.jsonl", _rows(5, hybrid=False))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)

@@ -29,7 +29,8 @@ TOTAL = WARMUP + RL_STEPS  # steps of the short run, warm-up included
 SHORT = "--config=configs/smoke_cpu.py:short"
 TIMED = ("time/", "tokens/per_sec")  # wall-clock measurements differ between runs
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (pyproject: --dist loadgroup): its tests share one trained run.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("train_cli")]
 
 
 def _env() -> dict[str, str]:
