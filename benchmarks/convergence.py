@@ -106,10 +106,9 @@ def measure_directions(args) -> dict[str, Any]:
 
     from configs import smoke_cpu
     from giftjax import losses
-    from giftjax.train import loop
+    from giftjax.train import loop, objectives
     from giftjax.train import rollout as rollout_lib
-    from giftjax.train import step as step_lib
-    from giftjax.train.hybrid import accumulate_grads
+    from giftjax.train.accumulate import accumulate_grads
 
     c = smoke_cpu.get_config()
     for key, value in (*METHODS["gift_u1"], *_repro.common_overrides(args, args.seed, LRS[1])):
@@ -138,7 +137,7 @@ def measure_directions(args) -> dict[str, Any]:
             tr.step(s)
         grad_fns = {}
         for label, (name, extra) in variants.items():
-            mb_loss = step_lib.rl_microbatch_loss(
+            mb_loss = objectives.rl_microbatch_loss(
                 tr.graphdef,
                 variant_config(name, extra),
                 name=name,
@@ -189,7 +188,7 @@ def measure_directions(args) -> dict[str, Any]:
             ref = flat["gift"]
             row: dict[str, Any] = {
                 "step": step - tr.warmup,
-                "reward": float(ro.rewards_host.mean()),
+                "reward": float(ro.host_rewards.mean()),
             }
             for label, vec in flat.items():
                 if label == "gift":

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -196,106 +195,14 @@ def _memory(compiled) -> tuple[int, int, int, int, int]:
     return args, outs, alias, temps, peak
 
 
-@contextlib.contextmanager
-def _unrolled_loops() -> Iterator[None]:
-    """Every ``lax.scan``, ``lax.fori_loop`` and ``nnx.scan`` traced meanwhile is unrolled (so
-    that the cost analysis counts each iteration)."""
-    from unittest import mock
-
-    import jax
-    from flax import nnx
-
-    def force(fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            kwargs["unroll"] = True
-            return fn(*args, **kwargs)
-
-        return wrapped
-
-    with (
-        mock.patch.object(jax.lax, "scan", force(jax.lax.scan)),
-        mock.patch.object(jax.lax, "fori_loop", force(jax.lax.fori_loop)),
-        mock.patch.object(nnx, "scan", force(nnx.scan)),
-    ):
-        yield
-
-
-def _cost_flops(fn, args) -> float:
-    import jax
-
-    with _unrolled_loops():
-        lowered = jax.jit(fn).lower(*args)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"])
-
-
-def _decode_flops(config, mesh, rows: int, slots: int) -> float:
-    """FLOPs of one decode step (one token for each of ``rows`` rows, cache of ``slots``)."""
-    import jax
-    from flax import nnx
-
-    from giftjax.train import abstract
-
-    graphdef, _, state, _ = abstract.abstract_state(config, mesh)
-    model = nnx.merge(graphdef, state.params)
-    cache = jax.eval_shape(lambda: model.init_cache(rows, slots))
-    prev = jax.ShapeDtypeStruct((rows, 1), jax.numpy.int32)
-
-    def decode(params, prev, cache):
-        return nnx.merge(graphdef, params).decode_step(prev, cache=cache)
-
-    return _cost_flops(decode, (state.params, prev, cache))
-
-
-def _count_flops_once(config) -> dict[str, float]:
-    import jax
-
-    from giftjax import sharding as sharding_lib
-    from giftjax.train import abstract
-
-    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
-    out: dict[str, float] = {}
-    for p in abstract.programs(config, mesh):
-        out[p.name] = _cost_flops(p.fn, p.args)
-        if p.name == "sampler":
-            m = config.rollout.max_new_tokens
-            rows = p.args[1].shape[0] * config.rollout.group_size
-            step = _decode_flops(config, mesh, rows, config.data.max_prompt_len + m)
-            # The loop body is counted once by the cost analysis; it runs up to M - 1 times.
-            out[p.name] += (m - 2) * step
-    return out
-
-
-def count_flops(config) -> dict[str, float]:
-    """FLOPs of one call of each program (all chips together), on one host CPU device with
-    every loop unrolled (see the module docstring).
-
-    The L layers are identical, so a program's FLOPs are ``f(1) + (L - 1) (f(2) - f(1))``
-    with ``f(l)`` the count of the same program on an ``l``-layer model: two small lowerings
-    instead of one with L unrolled layers.
-    """
-    from giftjax.train import abstract
-
-    c = config.copy_and_resolve_references()
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
-    layers = abstract.model_config(c).num_layers
-    counts = []
-    for n in (1, 2):
-        c.model.shape.num_layers = n
-        counts.append(_count_flops_once(c))
-    one, two = counts
-    return {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
-
-
 def _advice(config, report_programs: list[ProgramReport], budget: int, mesh) -> list[str]:
     """What to change, per program that does not leave the headroom."""
-    from giftjax.train import config as config_lib
+    from giftjax.train.plan import RunPlan
 
     c = config
     r = c.rollout
-    ways = mesh["data"] * mesh["fsdp"]
+    plan = RunPlan.from_config(c, math.prod(mesh.values()))
+    ways = plan.data_ways
     tp, m = c.data.max_prompt_len, r.max_new_tokens
     out: list[str] = []
     for p in report_programs:
@@ -310,10 +217,8 @@ def _advice(config, report_programs: list[ProgramReport], budget: int, mesh) -> 
             )
             continue
         if p.name == "train":
-            u = c.train.updates_per_rollout if c.algo.name in config_lib.RL_ALGOS else 1
-            groups = r.prompts_per_step // u
-            rows = r.prompts_per_step * (r.group_size if c.algo.name in config_lib.RL_ALGOS else 1)
-            rows //= u
+            groups = plan.prompts // plan.updates_per_step
+            rows = plan.rows_per_update[0]
             k = c.train.micro_batches
             larger = [
                 d for d in range(k + 1, groups + 1) if groups % d == 0 and (rows // d) % ways == 0
@@ -369,9 +274,9 @@ def check(
 
     from giftjax import sharding as sharding_lib
     from giftjax.models import lora as lora_lib
-    from giftjax.train import abstract
     from giftjax.train import config as config_lib
-    from giftjax.train import step as step_lib
+    from giftjax.train import flops as flops_lib
+    from giftjax.train import programs
 
     if not 0.0 <= headroom < 1.0:
         raise ValueError(f"headroom={headroom!r} must be in [0, 1).")
@@ -379,26 +284,22 @@ def check(
     devices = topology_devices(topology)
     sizes = config_lib.mesh_shape(config, len(devices))
     mesh = sharding_lib.make_mesh(sizes, devices=devices)
-    progs = abstract.programs(config, mesh)
-    _, _, state, _ = abstract.abstract_state(config, mesh)
+    progs = programs.programs(config, mesh)
+    ctx, state = programs.abstract_run(config, mesh)
     parts = {
-        "parameters": abstract.per_device_bytes(state.params),
-        "optimizer_state": abstract.per_device_bytes(state.opt_state),
-        "reference": abstract.per_device_bytes(state.ref_params),
+        "parameters": programs.per_device_bytes(state.params),
+        "optimizer_state": programs.per_device_bytes(state.opt_state),
+        "reference": programs.per_device_bytes(state.ref_params),
     }
     # Gradients of what trains: every weight, or with LoRA the adapters alone.
-    trainable, _ = lora_lib.split_trainable(state.params, step_lib.is_lora(config))
+    trainable, _ = lora_lib.split_trainable(state.params, ctx.plan.lora)
     f32_grads = sum(
         4 * math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree.leaves(trainable)
     )
-    keys = abstract.rl_batch_keys(config) if config.algo.name in config_lib.RL_ALGOS else ()
-    passes = int("old_logps" in keys) + int(
-        "ref_logps" in keys and config.algo.reference == "initial"
-    )
-    calls = {"train": config.train.updates_per_rollout if keys else 1, "logps": passes}
+    calls = {"train": ctx.plan.updates_per_step, "logps": ctx.plan.logps_calls}
     if flops:
         _progress(f"counting FLOPs ({', '.join(p.name for p in progs)}, loops unrolled) ...")
-    costs = count_flops(config) if flops else {}
+    costs = flops_lib.count_flops(config) if flops else {}
     reports = []
     for p in progs:
         _progress(f"compiling {p.name} for {topology} ({len(devices)} chips) ...")
@@ -415,14 +316,14 @@ def check(
             if needed is None:
                 raise
             error = str(e).splitlines()[0]
-            args, outs, alias = abstract.per_device_bytes(p.args), 0, 0
+            args, outs, alias = programs.per_device_bytes(p.args), 0, 0
             temps, peak = needed, args + needed
         seconds = time.perf_counter() - start
         breakdown = dict(parts)
         if p.name == "train":
             breakdown["gradients"] = f32_grads
         if p.name == "sampler":
-            breakdown["kv_cache"] = abstract.kv_cache_bytes(config, mesh)
+            breakdown["kv_cache"] = programs.kv_cache_bytes(config, mesh)
         reports.append(
             ProgramReport(
                 name=p.name,

@@ -54,8 +54,10 @@ from giftjax.train import config as config_lib
 from giftjax.train import evaluate as eval_lib
 from giftjax.train import rollout as rollout_lib
 from giftjax.train import state as state_lib
-from giftjax.train import step as step_lib
+from giftjax.train import updates as updates_lib
+from giftjax.train.logprobs import make_logps_fn
 from giftjax.train.metrics import MetricsLogger
+from giftjax.train.plan import RunPlan
 
 log = logging.getLogger("giftjax")
 
@@ -110,84 +112,12 @@ class Trainer:
         self.tokenizer = load_tokenizer(c)
         self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
 
-        vocab = len(self.tokenizer)
-        model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
-        if model.config.vocab_size < vocab:
-            raise ValueError(
-                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
-                f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
-            )
-        model, self.base_graphdef = state_lib.apply_lora(model, c, self.mesh)
-        self.lora = step_lib.is_lora(c)
-        self.warmup = c.train.warmup_sft_steps
-        self.total_steps = self.warmup + c.train.steps
-        self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
-        self.graphdef, state = state_lib.init_state(
-            model,
-            self.tx,
-            seed=c.seed,
-            keep_reference=state_lib.keeps_reference(c),
-            lora=self.lora,
-        )
-        self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
-        self.state = jax.device_put(state, self.state_sharding)
-        del model, state
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.num_params = state_lib.num_params(self.state.params)
-
-        tp = c.data.max_prompt_len
-        param_sh = self.state_sharding.params
-        self.logps = step_lib.make_logps_fn(
-            self.graphdef,
-            c,
-            mesh=self.mesh,
-            prompt_len=tp,
-            temperature=c.rollout.temperature,
-            param_sharding=param_sh,
-            group_size=step_lib.rollout_group_size(c),
-        )
-        # Log-probs under the initial model: the kept copy, or with LoRA the base weights of
-        # the policy's own state run through the base graphdef (adapters off).
-        ref_graphdef, ref_sh = self.graphdef, param_sh
-        if self.lora:
-            ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
-        # Rollout rows share their prompt in groups; demonstrations (temperature 1) do not.
-        self.ref_logps, self.demo_ref_logps = (
-            step_lib.make_logps_fn(
-                ref_graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=t,
-                param_sharding=ref_sh, group_size=g,
-            )
-            for t, g in ((c.rollout.temperature, step_lib.rollout_group_size(c)), (1.0, 1))
-        )  # fmt: skip
-        kw = {"mesh": self.mesh, "prompt_len": tp, "state_sharding": self.state_sharding}
-        name = c.algo.name
-        self.sft_update = None
-        if self.warmup or name == "sft":
-            self.sft_update = step_lib.make_sft_update(
-                self.graphdef, self.tx, c, weighting=c.algo.sft.weighting, **kw
-            )
-        # An SFT run's update is the warm-up's (one jit, compiled once).
-        self.update = (
-            self.sft_update
-            if name == "sft"
-            else step_lib.make_update(self.graphdef, self.tx, c, **kw)
-        )
-        rl_name = c.algo.hybrid.rl if name == "hybrid" else name
-        self.rl_name = rl_name
-        # pi_old pass: with rollout.old_logps="sampler" the GRPO family takes pi_old from the
-        # sampler, so the pass runs only where a KL to pi_old needs it (GIFT's implicit reward
-        # always uses the trainer's own log-probs).
-        sampler_old = c.rollout.old_logps == "sampler" and rl_name in config_lib.GRPO_FAMILY
-        needs_pi_old_ref = step_lib.uses_kl(c, rl_name) and c.algo.reference == "old"
-        self.needs_old = (
-            c.train.updates_per_rollout > 1
-            and rl_name in step_lib.RL_LOSSES
-            and (not sampler_old or needs_pi_old_ref)
-        )
-        self.needs_ref = c.algo.reference == "initial" and (
-            rl_name == "gift" or step_lib.uses_kl(c, rl_name) or name == "dpo"
-        )
-        self.schedule = state_lib.learning_rate_schedule(c, self._updates_before(self.total_steps))
+        self.plan = plan = RunPlan.from_config(c, jax.device_count())
+        self.lora, self.warmup, self.total_steps = plan.lora, plan.warmup_steps, plan.total_steps
+        self.rl_name = plan.rl_loss
+        self._build_state(c)
+        self._build_programs(c)
+        self.schedule = state_lib.learning_rate_schedule(c, plan.total_updates)
 
         self.checkpointer = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -239,6 +169,62 @@ class Trainer:
         if latest is not None:
             self.logger.resume(latest)
 
+    def _build_state(self, c: ml_collections.ConfigDict) -> None:
+        """The policy (with its adapters), the optimiser and the placed train state."""
+        vocab = len(self.tokenizer)
+        model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
+        if model.config.vocab_size < vocab:
+            raise ValueError(
+                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
+                f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
+            )
+        model, self.base_graphdef = state_lib.add_lora(model, c, self.mesh)
+        self.tx = state_lib.make_optimizer(c, self.plan.total_updates)
+        self.graphdef, state = state_lib.init_state(
+            model, self.tx, seed=c.seed, keep_reference=self.plan.keeps_reference, lora=self.lora
+        )
+        self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
+        self.state = jax.device_put(state, self.state_sharding)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.num_params = state_lib.num_params(self.state.params)
+
+    def _build_programs(self, c: ml_collections.ConfigDict) -> None:
+        """The jitted passes the plan runs: the update (and the warm-up's SFT update) and the
+        no-gradient log-prob passes (pi_old under the policy, the reference under the initial
+        model: the kept copy, or with LoRA the base weights through the base graphdef)."""
+        plan, tp = self.plan, c.data.max_prompt_len
+        self.update_ctx = ctx = updates_lib.UpdateContext(
+            graphdef=self.graphdef,
+            tx=self.tx,
+            config=c,
+            plan=plan,
+            mesh=self.mesh,
+            prompt_len=tp,
+            state_sharding=self.state_sharding,
+        )
+        self.update = updates_lib.make_update(ctx)
+        # An SFT run's update is the warm-up's (one jit, compiled once).
+        self.sft_update = None
+        if plan.builds_sft_update:
+            self.sft_update = (
+                self.update if plan.family == "sft" else updates_lib.make_sft_update(ctx)
+            )
+        param_sh = self.state_sharding.params
+        ref_graphdef, ref_sh = self.graphdef, param_sh
+        if self.lora:
+            ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
+        # Rollout rows share their prompt in groups; demonstrations (temperature 1) do not.
+        rollout = {"temperature": c.rollout.temperature, "group_size": plan.logps_group_size}
+        demo = {"temperature": 1.0, "group_size": 1}
+        kw = {"mesh": self.mesh, "prompt_len": tp}
+        # Built whatever the plan (jax.jit compiles on first call); _rl_step and _dpo_step
+        # call them as plan.needs_old / plan.needs_ref say.
+        self.logps = make_logps_fn(self.graphdef, c, param_sharding=param_sh, **rollout, **kw)
+        self.ref_logps, self.demo_ref_logps = (
+            make_logps_fn(ref_graphdef, c, param_sharding=ref_sh, **t, **kw)
+            for t in (rollout, demo)
+        )
+
     def restore(self, step: int) -> Any:
         """Loads checkpoint ``step`` into the state (and the base key from it); returns the
         data iterator's state stored with it. A missing step raises FileNotFoundError listing
@@ -249,15 +235,6 @@ class Trainer:
         return data_state
 
     # --------------------------------------------------------------------------------------
-
-    def _updates_per_step(self) -> int:
-        name = self.config.algo.name
-        return self.config.train.updates_per_rollout if name in config_lib.RL_ALGOS else 1
-
-    def _updates_before(self, step: int) -> int:
-        """Optimiser updates made before ``step`` (warm-up steps make one each)."""
-        w = min(step, self.warmup)
-        return w + max(step - self.warmup, 0) * self._updates_per_step()
 
     def _set_step(self, step: int) -> None:
         self.state = self.state.replace(step=jax.device_put(jnp.int32(step), self.replicated))
@@ -300,7 +277,6 @@ class Trainer:
         """Runs step ``step`` (0-based): the next data batch, then a warm-up SFT update or the
         algorithm's step. Returns its metrics (host floats, ``time/...`` included); the
         state's step counter becomes ``step + 1``."""
-        c = self.config
         t0 = time.perf_counter()
         rows = _records(next(self.data))
         key = jax.random.fold_in(self.base_key, step)
@@ -312,15 +288,15 @@ class Trainer:
                 ref = jax.tree.map(jnp.copy, self.state.params)
                 ref = jax.device_put(ref, self.state_sharding.ref_params)
                 self.state = self.state.replace(ref_params=ref)
-        elif c.algo.name in config_lib.RL_ALGOS:
+        elif self.plan.samples_rollouts:
             metrics = self._rl_step(rows, key, step)
-        elif c.algo.name == "dpo":
+        elif self.plan.family == "dpo":
             metrics = self._dpo_step(rows)
         else:
             metrics = self._sft_step(rows)
         done = step + 1
         self._set_step(done)
-        metrics["lr"] = float(self.schedule(max(self._updates_before(done) - 1, 0)))
+        metrics["lr"] = float(self.schedule(max(self.plan.updates_before(done) - 1, 0)))
         metrics["time/step"] = time.perf_counter() - t0
         return metrics
 
@@ -384,26 +360,19 @@ class Trainer:
             key=key,
             step=step + 1,
         )
-        batch: dict[str, jax.Array] = {
-            "tokens": ro.tokens,
-            "attn_mask": ro.attn_mask,
-            "resp_mask": ro.resp_mask,
-            "rewards": ro.rewards,
-            "sampler_logps": ro.sampler_logps,
-        }
+        plan = self.plan
+        batch = ro.batch()
         t_ref = time.perf_counter()
-        if self.rl_name in losses.grpo.GRPO_PRESETS:
+        if plan.advantage is not None:
             batch["advantages"] = _advantages(
-                ro.rewards,
-                group_size=c.rollout.group_size,
-                method=step_lib.advantage_method(c, self.rl_name),
+                ro.rewards, group_size=c.rollout.group_size, method=plan.advantage
             )
-        if self.needs_old:
+        if plan.needs_old:
             batch["old_logps"] = self.logps(self.state.params, ro.tokens, ro.attn_mask)
-        if self.needs_ref:
+        if plan.needs_ref:
             ref = self._reference_params()
             batch["ref_logps"] = self.ref_logps(ref, ro.tokens, ro.attn_mask)
-        elif self.needs_old and (self.rl_name == "gift" or step_lib.uses_kl(c, self.rl_name)):
+        elif plan.ref_from_old:
             batch["ref_logps"] = batch["old_logps"]  # reference "old": pi_old
         jax.block_until_ready(batch)
         t_ref = time.perf_counter() - t_ref
@@ -412,7 +381,7 @@ class Trainer:
         u = c.train.updates_per_rollout
         rows_per_update = ro.tokens.shape[0] // u
         sft_batch = None
-        if c.algo.name == "hybrid":
+        if plan.family == "hybrid":
             sft_batch = rollout_lib.demonstration_batch(
                 rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
             )
@@ -465,7 +434,7 @@ class Trainer:
 
     def _log_samples(self, step: int, ro: rollout_lib.Rollout) -> None:
         g = self.config.rollout.group_size
-        r = ro.rewards_host
+        r = ro.host_rewards
         rows = []
         for p in range(min(self.config.log.samples, len(ro.prompts))):
             for j in range(g):
@@ -524,7 +493,7 @@ def _check_processes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
     if n == 1:
         return
     p = config.rollout.prompts_per_step
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = sharding_lib.data_ways(mesh)
     if ways % n or p % ways:
         raise config_lib.ConfigError(
             f"rollout.prompts_per_step={p} with mesh {dict(mesh.shape)} on {n} processes: a "

@@ -64,10 +64,31 @@ class Rollout:
     reward_errors: int
     seconds: dict[str, float]
 
-    @property
-    def rewards_host(self) -> np.ndarray:
-        """This process's rewards [B / n] (alias of ``host_rewards``)."""
-        return self.host_rewards
+    def batch(self) -> dict[str, jax.Array]:
+        """The rollout rows as an update batch: tokens, attn_mask, resp_mask, rewards,
+        sampler_logps (``plan.ROLLOUT_KEYS``; the log-prob passes and advantages add the rest)."""
+        return {
+            "tokens": self.tokens,
+            "attn_mask": self.attn_mask,
+            "resp_mask": self.resp_mask,
+            "rewards": self.rewards,
+            "sampler_logps": self.sampler_logps,
+        }
+
+
+def sampler_settings(
+    config: ml_collections.ConfigDict, temperature: float, *, eos_id: int | None
+) -> dict[str, Any]:
+    """The sampling keyword arguments of ``sampling.generate`` for the run's rollouts at
+    ``temperature``: top-p / top-k (greedy, temperature 0, uses neither) and the EOS id when
+    ``rollout.stop_at_eos`` (else None: every row runs to ``max_new_tokens``)."""
+    r = config.rollout
+    return {
+        "temperature": temperature,
+        "top_p": r.top_p if temperature else 1.0,
+        "top_k": r.top_k if temperature else 0,
+        "eos_id": eos_id if r.stop_at_eos else None,
+    }
 
 
 def render_prompts(
@@ -131,14 +152,14 @@ def sample_responses(
         padded_ids, padded_mask = placed["ids"], placed["mask"]
     else:
         padded_ids, padded_mask = jnp.asarray(ids), jnp.asarray(mask)
-        ways = mesh.shape["data"] * mesh.shape["fsdp"]
-        if (n * num_samples) % ways:
+        rows = sharding_lib.sampled_prompts(n, num_samples, sharding_lib.data_ways(mesh))
+        if rows != n:
             padded_ids, padded_mask, _ = sampling.pad_prompts(
                 ids,
                 mask,
                 pad_id=tokenizer.pad_token_id,
                 length=config.data.max_prompt_len,
-                batch=-(-n // ways) * ways,
+                batch=rows,
             )
             padded_ids, padded_mask = jnp.asarray(padded_ids), jnp.asarray(padded_mask)
     out = sampling.generate(
@@ -147,12 +168,9 @@ def sample_responses(
         padded_mask,
         max_new_tokens=r.max_new_tokens,
         key=key,
-        temperature=temperature,
-        top_p=r.top_p if temperature else 1.0,
-        top_k=r.top_k if temperature else 0,
         num_samples=num_samples,
-        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
         pad_id=tokenizer.pad_token_id,
+        **sampler_settings(config, temperature, eos_id=tokenizer.eos_token_id),
         mesh=mesh,
         rules=config.mesh.rules,
     )
@@ -177,7 +195,7 @@ def host_share(rows: Sequence[Any], mesh: Mesh) -> tuple[list[Any], int]:
     rows = list(rows)
     if not distributed.is_multiprocess():
         return rows, len(rows)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = sharding_lib.data_ways(mesh)
     total = -(-len(rows) // ways) * ways
     padded = rows + [rows[-1]] * (total - len(rows))
     per = total // jax.process_count()

@@ -102,22 +102,16 @@ def build_model(
     return sharding_lib.shard_params(model, mesh, rules)
 
 
-def apply_lora(
-    model: nnx.Module, config: ml_collections.ConfigDict, mesh: Mesh
+def add_lora(
+    model: nnx.Module, config: ml_collections.ConfigDict, mesh: Mesh | None = None
 ) -> tuple[nnx.Module, nnx.GraphDef | None]:
-    """``(model, base graphdef)``: with ``model.lora.rank > 0`` the model with adapters (placed
-    on ``mesh``) and the graphdef of the base model (adapters off); else ``(model, None)``."""
-    if config.model.lora.rank == 0:
-        return model, None
-    lora_model, base_graphdef = add_lora(model, config)
-    return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
-
-
-def add_lora(model: nnx.Module, config: ml_collections.ConfigDict) -> tuple[nnx.Module, Any]:
-    """``models.lora.apply_lora`` with the run's ``model.lora`` settings (rank > 0) and seed:
-    ``(model with adapters, base graphdef)``, unplaced."""
+    """The run's ``model.lora`` settings and seed applied to ``model``: ``(model with adapters,
+    base graphdef)`` (the graphdef of the base, adapters off), placed on ``mesh`` when given;
+    ``(model, None)`` when ``model.lora.rank == 0``."""
     lc = config.model.lora
-    return models.lora.apply_lora(
+    if lc.rank == 0:
+        return model, None
+    lora_model, base_graphdef = models.lora.apply_lora(
         model,
         rank=lc.rank,
         alpha=lc.alpha,
@@ -125,6 +119,9 @@ def add_lora(model: nnx.Module, config: ml_collections.ConfigDict) -> tuple[nnx.
         seed=config.seed,
         train_norms=lc.train_norms,
     )
+    if mesh is not None:
+        lora_model = sharding_lib.shard_params(lora_model, mesh, config.mesh.rules)
+    return lora_model, base_graphdef
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_updates: int):
@@ -173,18 +170,6 @@ def make_optimizer(
     schedule = learning_rate_schedule(config, total_updates)
     parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     return optax.chain(*parts)
-
-
-def keeps_reference(config: ml_collections.ConfigDict) -> bool:
-    """Whether the train state keeps a frozen copy of the initial weights.
-
-    DPO's implicit reward is always measured against the initial model (its reference must not
-    move with the policy); the RL losses follow ``algo.reference``. With LoRA the initial model
-    is the base with the adapters off, so no copy is kept.
-    """
-    c = config
-    initial = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
-    return initial and c.model.lora.rank == 0
 
 
 def init_state(
