@@ -309,19 +309,20 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------
 
-    def _warmup_step(self, rows) -> dict[str, float]:
+    def _sft_step(self, rows, update=None) -> dict[str, float]:
+        """One SFT update on the rows' demonstrations: ``update`` (the warm-up's) or the
+        run's own (the sft algorithm)."""
         t0 = time.perf_counter()
         batch = rollout_lib.demonstration_batch(
             rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
         )
-        self.state, m = self.sft_update(self.state, batch)
+        self.state, m = (update or self.update)(self.state, batch)
         out = _floats(m)
-        out["phase/sft_warmup"] = 1.0
         out["time/update"] = time.perf_counter() - t0
         return out
 
-    def _sft_step(self, rows) -> dict[str, float]:
-        return {k: v for k, v in self._warmup_step(rows).items() if k != "phase/sft_warmup"}
+    def _warmup_step(self, rows) -> dict[str, float]:
+        return {**self._sft_step(rows, self.sft_update), "phase/sft_warmup": 1.0}
 
     def _dpo_step(self, rows) -> dict[str, float]:
         t0 = time.perf_counter()
