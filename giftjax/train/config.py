@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prompt_field = "prompt"
     c.data.answer_field = "answer"
     c.data.demonstration_field = ""  # JSONL field with a full response (sft/hybrid)
+    c.data.rejected_field = ""  # file data: field with DPO's rejected response ("": none)
     c.data.template = "plain"  # or "chat": the tokenizer's chat template
     c.data.system = ""  # system message for the chat template
     c.data.instruction = ""  # appended to every prompt after a space ("": none)
@@ -271,6 +272,11 @@ def _validate_tfds(data: ml_collections.ConfigDict) -> None:
             "config.data.source='tfds' needs config.data.path: the folder written by "
             f"`python -m giftjax.data.prepare {data.tfds_name} --out DIR` (DIR)."
         )
+    if data.rejected_field:
+        raise ConfigError(
+            f"config.data.rejected_field={data.rejected_field!r} is not available with "
+            "config.data.source='tfds'; use source='jsonl' or 'parquet' for preference pairs."
+        )
     if data.demonstration_field:
         raise ConfigError(
             f"config.data.demonstration_field={data.demonstration_field!r} is not available "
@@ -311,6 +317,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         )
     if c.data.source == "tfds":
         _validate_tfds(c.data)
+    if c.algo.name == "dpo" and c.data.source != "synthetic" and not c.data.rejected_field:
+        raise ConfigError(
+            f"config.algo.name='dpo' on config.data.source={c.data.source!r} needs preference "
+            "pairs: set config.data.rejected_field to the field holding each row's rejected "
+            "response (and config.data.demonstration_field to the chosen one)."
+        )
 
     r = c.rollout
     for key in ("prompts_per_step", "group_size", "max_new_tokens"):

@@ -294,18 +294,23 @@ def demonstration_batch(
     """Teacher-forcing rows ``tokens``, ``attn_mask`` [P, Tp+Mr] and ``resp_mask`` [P, Mr]
     (Mr = ``data.max_response_len``) from each row's prompt and demonstration."""
     texts = render_prompts(tokenizer, rows, config)
-    response_field = config.data.demonstration_field or "demonstration"
-    responses = []
+    field = config.data.demonstration_field or "demonstration"
+    responses = _responses(rows, field, "data.demonstration_field", "demonstrations")
+    return _pair_rows(texts, responses, tokenizer, config, mesh)
+
+
+def _responses(rows: Sequence[Mapping[str, Any]], field: str, key: str, what: str) -> list[str]:
+    """Each row's non-empty ``field`` text; a missing one names the config ``key`` to set."""
+    out = []
     for i, row in enumerate(rows):
-        resp = row.get(response_field)
+        resp = row.get(field)
         if not isinstance(resp, str) or not resp:
             raise ValueError(
-                f"data row {i} has no {response_field!r} text; the sft, dpo and hybrid "
-                "algorithms and train.warmup_sft_steps need demonstrations (for JSONL data "
-                "set config.data.demonstration_field)."
+                f"data row {i} has no {field!r} text; the run needs {what} (for JSONL or "
+                f"Parquet data set config.{key} to the field holding them)."
             )
-        responses.append(resp)
-    return _pair_rows(texts, responses, tokenizer, config, mesh)
+        out.append(resp)
+    return out
 
 
 def _pair_rows(texts, responses, tokenizer, config, mesh) -> dict[str, jax.Array]:
@@ -329,13 +334,6 @@ def _pair_rows(texts, responses, tokenizer, config, mesh) -> dict[str, jax.Array
     )
 
 
-def rejected_response(text: str) -> str:
-    """A deterministic wrong response for DPO pairs when the data has no ``rejected`` field:
-    the demonstration reversed (or with its last character doubled if it is a palindrome)."""
-    flipped = text[::-1]
-    return flipped if flipped != text else text + text[-1:]
-
-
 def preference_batch(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -343,11 +341,13 @@ def preference_batch(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> dict[str, jax.Array]:
-    """DPO pairs: the demonstration as chosen, the row's ``rejected`` (else
-    :func:`rejected_response`) as rejected; keys ``chosen_*`` and ``rejected_*``."""
+    """DPO pairs: the row's demonstration (``data.demonstration_field``) as chosen, its
+    rejected response (``data.rejected_field``; the synthetic task's ``rejected``) as
+    rejected; keys ``chosen_*`` and ``rejected_*``."""
     chosen = demonstration_batch(rows, tokenizer=tokenizer, config=config, mesh=mesh)
     texts = render_prompts(tokenizer, rows, config)
-    rejected_text = [row.get("rejected") or rejected_response(row["demonstration"]) for row in rows]
+    field = config.data.rejected_field or "rejected"
+    rejected_text = _responses(rows, field, "data.rejected_field", "DPO's rejected responses")
     rejected = _pair_rows(texts, rejected_text, tokenizer, config, mesh)
     return {
         "chosen_tokens": chosen["tokens"],
