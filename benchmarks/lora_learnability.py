@@ -45,7 +45,7 @@ from giftjax.data import build_tokenizer  # noqa: E402
 from giftjax.export import export_checkpoint  # noqa: E402
 from giftjax.train import updates as updates_lib  # noqa: E402
 from giftjax.train.loop import Trainer  # noqa: E402
-from giftjax.train.metrics import read_jsonl  # noqa: E402
+from giftjax.workdir import METRICS, read_jsonl  # noqa: E402
 
 # name -> (description, config overrides, parameters kept frozen by the ablation)
 ROWS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
@@ -138,7 +138,7 @@ def run_row(name: str, base: str, workdir: str, args) -> tuple[float, float, flo
         seconds = time.perf_counter() - t0
     finally:
         updates_lib._apply = apply
-    rewards = [r["reward/mean"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
+    rewards = [r["reward/mean"] for r in read_jsonl(os.path.join(run_dir, METRICS))]
     n = max(1, len(rewards) // 10)
     return float(np.mean(rewards[:n])), float(np.mean(rewards[-n:])), seconds
 

@@ -17,7 +17,6 @@ backend alone.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from giftjax import workdir as workdir_lib
+
 __all__ = ["load_metrics", "main", "moving_average", "plot_metrics"]
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = workdir_lib.METRICS
 DEFAULT_OUT = "reward.png"
 
 
@@ -47,15 +48,7 @@ def load_metrics(path: str) -> list[dict[str, Any]]:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no metrics file at {path} (has the run logged a step yet?)")
-    with open(path, encoding="utf-8") as f:
-        complete = f.read().split("\n")[:-1]  # the last piece is "" or a write cut short
-    rows = []
-    for number, line in enumerate(complete, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e}).") from e
+    rows = workdir_lib.read_jsonl(path)
     if not rows:
         raise ValueError(f"{path} holds no complete row yet.")
     return rows

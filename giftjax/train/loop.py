@@ -49,15 +49,18 @@ from jax.sharding import NamedSharding, PartitionSpec
 from giftjax import data as data_lib
 from giftjax import distributed, losses, models, rewards
 from giftjax import sharding as sharding_lib
+from giftjax import workdir as workdir_lib
 from giftjax.train import checkpoint as ckpt_lib
 from giftjax.train import config as config_lib
 from giftjax.train import evaluate as eval_lib
 from giftjax.train import rollout as rollout_lib
+from giftjax.train import run_config
 from giftjax.train import state as state_lib
 from giftjax.train import updates as updates_lib
 from giftjax.train.logprobs import make_logps_fn
 from giftjax.train.metrics import MetricsLogger
 from giftjax.train.plan import RunPlan
+from giftjax.train.stop import StopSignal
 
 log = logging.getLogger("giftjax")
 
@@ -92,7 +95,7 @@ class Trainer:
       config: the run's config (validated here).
       workdir: the run's directory; a training run resumes from its newest checkpoint.
       read_only: open an existing run for evaluation only (``python -m giftjax.eval``):
-        config.json must exist and may differ only in ``checkpoint.EVAL_KEYS``; nothing is
+        config.json must exist and may differ only in ``run_config.EVAL_KEYS``; nothing is
         written (no config.json, metrics, data iterator or reward error log) and no checkpoint
         is restored until :meth:`restore` is called. :meth:`run` is refused.
     """
@@ -120,14 +123,14 @@ class Trainer:
         self.schedule = state_lib.learning_rate_schedule(c, plan.total_updates)
 
         self.checkpointer = ckpt_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
+            os.path.join(workdir, workdir_lib.CHECKPOINTS),
             every=c.checkpoint.every,
             keep=c.checkpoint.keep,
             async_save=c.checkpoint.async_save,
             read_only=read_only,
         )
-        allow = ckpt_lib.EVAL_KEYS if read_only else ckpt_lib.RESUMABLE_KEYS
-        ckpt_lib.check_config(workdir, config_lib.to_dict(c), allow=allow, write=not read_only)
+        allow = run_config.EVAL_KEYS if read_only else run_config.RESUMABLE_KEYS
+        run_config.check_config(workdir, config_lib.to_dict(c), allow=allow, write=not read_only)
         self.base_key = jax.random.wrap_key_data(jax.device_get(self.state.rng))
         self.start_step = 0
         writes_log = self.is_main and not read_only
@@ -136,7 +139,7 @@ class Trainer:
             time_limit=c.reward.time_limit,
             workers=c.reward.workers,
             executor=c.reward.executor,
-            error_log=os.path.join(workdir, "reward_errors.jsonl") if writes_log else None,
+            error_log=os.path.join(workdir, workdir_lib.REWARD_ERRORS) if writes_log else None,
         )
         self.data = None
         self.logger = None
@@ -250,7 +253,7 @@ class Trainer:
             log.info("workdir already holds the final checkpoint (step %d)", self.start_step)
             self.close()
             return last
-        with ckpt_lib.StopSignal() as stop:
+        with StopSignal() as stop:
             for step in range(self.start_step, self.total_steps):
                 metrics = self.step(step)
                 done = step + 1

@@ -7,7 +7,8 @@ Files under WORKDIR (the layout in README.md, "What a run writes"):
   precision (``json`` writes the shortest repr that reads back to the same float64, and float32
   values convert to float64 exactly); integer values stay integers. Non-finite values are kept:
   ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity``, which Python's ``json`` (and
-  :func:`read_jsonl`) reads back. Each line is flushed when written, so a process killed at any
+  :func:`giftjax.workdir.read_jsonl`)
+  reads back. Each line is flushed when written, so a process killed at any
   moment leaves at most one partial last line, which readers drop.
 - ``samples.jsonl``: one object per sample row, ``{"step": int, **row}``.
 - ``tensorboard/``: event files written by tensorboardX (no TensorFlow needed).
@@ -31,43 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_jsonl"]
+from giftjax import workdir as workdir_lib
+from giftjax.workdir import read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["MetricsLogger"]
+
 
 # Progress-bar postfix: metric key -> label.
 _POSTFIX = (("reward/mean", "reward"), ("loss", "loss"), ("time/step", "s/step"))
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, dropping a partial last line (a writer killed mid-line).
-
-    Args:
-      path: a ``.jsonl`` file written by :class:`MetricsLogger`.
-
-    Returns:
-      The rows in file order; ``[]`` if the file is missing or empty.
-
-    Raises:
-      ValueError: a line other than the last is not valid JSON (the file was edited or
-        corrupted otherwise); the message gives the line number.
-    """
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        # Every complete line ends with "\n": the last piece is "" or a write cut short.
-        complete = f.read().split("\n")[:-1]
-    rows = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({e}).") from e
-    return rows
 
 
 def _truncate_partial_line(path: str) -> None:
@@ -192,11 +164,11 @@ class MetricsLogger:
 
     @property
     def metrics_path(self) -> str:
-        return os.path.join(self.workdir, METRICS_FILE)
+        return os.path.join(self.workdir, workdir_lib.METRICS)
 
     @property
     def samples_path(self) -> str:
-        return os.path.join(self.workdir, SAMPLES_FILE)
+        return os.path.join(self.workdir, workdir_lib.SAMPLES)
 
     def resume(self, last_step: int) -> None:
         """Forget everything logged after ``last_step`` (the step of the restored checkpoint).
@@ -304,7 +276,7 @@ class MetricsLogger:
             # nanosecond suffix keeps a writer reopened within the same second (resume) from
             # overwriting the previous file, and keeps the files in time order.
             self._writer = SummaryWriter(
-                os.path.join(self.workdir, TENSORBOARD_DIR),
+                os.path.join(self.workdir, workdir_lib.TENSORBOARD),
                 purge_step=self._purge_step,
                 filename_suffix=f".{time.time_ns()}",
             )
