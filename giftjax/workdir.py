@@ -17,7 +17,9 @@ Layout (what ``python -m giftjax.main`` writes, and ``giftjax.eval``, ``giftjax.
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from typing import Any
 
 __all__ = [
@@ -29,7 +31,9 @@ __all__ = [
     "SAMPLES",
     "TENSORBOARD",
     "eval_path",
+    "keep_rows_up_to",
     "read_jsonl",
+    "truncate_partial_line",
 ]
 
 CONFIG_JSON = "config.json"
@@ -77,3 +81,46 @@ def read_jsonl(path: str, *, missing_ok: bool = True) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e}).") from e
     return rows
+
+
+def truncate_partial_line(path: str) -> None:
+    """Cut a partial last line, so that appended rows start on a line of their own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline.
+        pos, chunk = size, 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            block = f.read(pos - start)
+            idx = block.rfind(b"\n")
+            if idx >= 0:
+                f.truncate(start + idx + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def keep_rows_up_to(path: str, last_step: int) -> None:
+    """Keep the rows of a JSON-lines file with ``step <= last_step`` (a resumed run's), atomically
+    (temp file + os.replace)."""
+    if not os.path.exists(path):
+        return
+    kept = [row for row in read_jsonl(path) if row.get("step", -math.inf) <= last_step]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".resume.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in kept:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

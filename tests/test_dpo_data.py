@@ -65,7 +65,7 @@ def test_dpo_on_jsonl_with_custom_fields_trains_a_step(tmp_path):
     c = _config(tmp_path)
     trainer = loop.Trainer(c, str(tmp_path / "run"))
     try:
-        rows = loop._records(next(trainer.data))
+        rows = rollout_lib.records(next(trainer.data))
         batch = rollout_lib.preference_batch(
             rows, tokenizer=trainer.tokenizer, config=c, mesh=trainer.mesh
         )

@@ -1,9 +1,9 @@
 """The training loop: rollout, updates, metrics, evaluation and checkpoints, resumable.
 
 ``train(config, workdir)`` runs ``train.warmup_sft_steps`` SFT steps on demonstrations (if
-any), then ``train.steps`` steps of ``algo.name``. The frozen reference of
-``algo.reference="initial"`` (and of dpo) is the model after the warm-up. For the RL
-algorithms one step is::
+any), then ``train.steps`` steps of ``algo.name``, each running the passes its run plan
+(:class:`giftjax.train.plan.RunPlan`) names. The frozen reference of
+``algo.reference="initial"`` (and of dpo) is the model after the warm-up. An RL step is::
 
     rows = next(data)                                  # P prompts (grain, per host)
     rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
@@ -37,13 +37,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from giftjax import data as data_lib
@@ -53,6 +51,7 @@ from giftjax import workdir as workdir_lib
 from giftjax.train import checkpoint as ckpt_lib
 from giftjax.train import config as config_lib
 from giftjax.train import evaluate as eval_lib
+from giftjax.train import metrics as metrics_lib
 from giftjax.train import rollout as rollout_lib
 from giftjax.train import run_config
 from giftjax.train import state as state_lib
@@ -63,29 +62,6 @@ from giftjax.train.plan import RunPlan
 from giftjax.train.stop import StopSignal
 
 log = logging.getLogger("giftjax")
-
-
-def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
-    """The run's tokenizer; it must have a pad token and an EOS token."""
-    name = config.model.tokenizer or config.model.hf_path
-    if name == "synthetic":
-        tok = data_lib.build_tokenizer()
-    else:
-        if not os.path.isdir(name):
-            raise ValueError(
-                f"config.model.tokenizer={name!r} is not a folder; give a local tokenizer "
-                "folder (or 'synthetic' for the synthetic task's tokenizer)."
-            )
-        tok = models.load_tokenizer(name)
-    if tok.pad_token_id is None:
-        raise ValueError(
-            f"the tokenizer {name!r} has no pad token: set one (e.g. "
-            "tokenizer.pad_token = tokenizer.eos_token, then save_pretrained) and point "
-            "config.model.tokenizer at the saved folder."
-        )
-    if tok.eos_token_id is None:
-        raise ValueError(f"the tokenizer {name!r} has no EOS token; responses could never end.")
-    return tok
 
 
 class Trainer:
@@ -110,12 +86,12 @@ class Trainer:
         c = config
         self.is_main = jax.process_index() == 0
         self.mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
-        _check_processes(c, self.mesh)
         self.rules = sharding_lib.get_rules(c.mesh.rules)
-        self.tokenizer = load_tokenizer(c)
+        self.tokenizer = state_lib.load_tokenizer(c)
         self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
 
         self.plan = plan = RunPlan.from_config(c, jax.device_count())
+        plan.check_processes(jax.process_count())
         self.lora, self.warmup, self.total_steps = plan.lora, plan.warmup_steps, plan.total_steps
         self.rl_name = plan.rl_loss
         self._build_state(c)
@@ -160,15 +136,7 @@ class Trainer:
             if data_state is not None:
                 self.data.set_state(data_state)
             self.start_step = latest
-        self.logger = MetricsLogger(
-            workdir,
-            total_steps=self.total_steps,
-            is_main=self.is_main,
-            tensorboard=c.log.tensorboard,
-            progress=c.log.progress,
-            wandb={"project": c.log.wandb_project} if c.log.wandb_project else None,
-            config=config_lib.to_dict(c),
-        )
+        self.logger = MetricsLogger.for_run(c, workdir, self.total_steps, is_main=self.is_main)
         if latest is not None:
             self.logger.resume(latest)
 
@@ -196,14 +164,8 @@ class Trainer:
         no-gradient log-prob passes (pi_old under the policy, the reference under the initial
         model: the kept copy, or with LoRA the base weights through the base graphdef)."""
         plan, tp = self.plan, c.data.max_prompt_len
-        self.update_ctx = ctx = updates_lib.UpdateContext(
-            graphdef=self.graphdef,
-            tx=self.tx,
-            config=c,
-            plan=plan,
-            mesh=self.mesh,
-            prompt_len=tp,
-            state_sharding=self.state_sharding,
+        self.update_ctx = ctx = updates_lib.UpdateContext.create(
+            self.graphdef, self.tx, c, mesh=self.mesh, state_sharding=self.state_sharding
         )
         self.update = updates_lib.make_update(ctx)
         # An SFT run's update is the warm-up's (one jit, compiled once).
@@ -281,7 +243,7 @@ class Trainer:
         algorithm's step. Returns its metrics (host floats, ``time/...`` included); the
         state's step counter becomes ``step + 1``."""
         t0 = time.perf_counter()
-        rows = _records(next(self.data))
+        rows = rollout_lib.records(next(self.data))
         key = jax.random.fold_in(self.base_key, step)
         if step < self.warmup:
             metrics = self._warmup_step(rows)
@@ -291,12 +253,9 @@ class Trainer:
                 ref = jax.tree.map(jnp.copy, self.state.params)
                 ref = jax.device_put(ref, self.state_sharding.ref_params)
                 self.state = self.state.replace(ref_params=ref)
-        elif self.plan.samples_rollouts:
-            metrics = self._rl_step(rows, key, step)
-        elif self.plan.family == "dpo":
-            metrics = self._dpo_step(rows)
-        else:
-            metrics = self._sft_step(rows)
+        else:  # the plan's family: rl and hybrid sample, dpo and sft train on the rows
+            family_step = {"dpo": self._dpo_step, "sft": self._sft_step}.get(self.plan.family)
+            metrics = family_step(rows) if family_step else self._rl_step(rows, key, step)
         done = step + 1
         self._set_step(done)
         metrics["lr"] = float(self.schedule(max(self.plan.updates_before(done) - 1, 0)))
@@ -320,7 +279,7 @@ class Trainer:
             rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
         )
         self.state, m = (update or self.update)(self.state, batch)
-        out = _floats(m)
+        out = metrics_lib.host_floats(m)
         out["time/update"] = time.perf_counter() - t0
         return out
 
@@ -339,7 +298,7 @@ class Trainer:
             batch[f"ref_{side}"] = losses.sequence_logps(lp, batch[f"{side}_mask"])
         t_ref = time.perf_counter() - t_ref
         self.state, m = self.update(self.state, batch)
-        out = _floats(m)
+        out = metrics_lib.host_floats(m)
         out["time/reference"] = t_ref
         out["time/update"] = time.perf_counter() - t0 - t_ref
         return out
@@ -382,76 +341,35 @@ class Trainer:
         t_ref = time.perf_counter() - t_ref
 
         t_upd = time.perf_counter()
-        u = c.train.updates_per_rollout
-        rows_per_update = ro.tokens.shape[0] // u
-        sft_batch = None
+        batches = [batch]
         if plan.family == "hybrid":
-            sft_batch = rollout_lib.demonstration_batch(
-                rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
+            batches.append(
+                rollout_lib.demonstration_batch(
+                    rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
+                )
             )
-            demos_per_update = sft_batch["tokens"].shape[0] // u
         per_update = []
-        for i in range(u):
-            part = {k: v[i * rows_per_update : (i + 1) * rows_per_update] for k, v in batch.items()}
-            if sft_batch is None:
-                self.state, m = self.update(self.state, part)
-            else:
-                demo = {
-                    k: v[i * demos_per_update : (i + 1) * demos_per_update]
-                    for k, v in sft_batch.items()
-                }
-                self.state, m = self.update(self.state, part, demo)
+        for i in range(plan.updates_per_step):  # whole groups (and demonstrations) per update
+            parts = [
+                {k: v[i * n : (i + 1) * n] for k, v in b.items()}
+                for b, n in zip(batches, plan.rows_per_update, strict=True)
+            ]
+            self.state, m = self.update(self.state, *parts)
             per_update.append(m)
-        out = _mean_metrics(per_update)
+        out = metrics_lib.mean_host_floats(per_update)
         for key in ("logprob/mismatch", "logprob/tis_truncated", "logprob/tis_weight_mean"):
             if key in per_update[0]:  # the first update's (the weights were the sampler's)
                 out[key] = float(per_update[0][key])
         t_upd = time.perf_counter() - t_upd
-
-        # Each host scored its own rows: gather them (in process order, so the values are the
-        # global batch's, as one host would have them) before reducing.
-        r = distributed.allgather(ro.host_rewards)
-        lengths = distributed.allgather(ro.host_lengths)
-        errors = distributed.allgather(np.array([ro.reward_errors], np.int64)).sum()
-        per_fn = {k: distributed.allgather(v) for k, v in sorted(ro.per_fn.items())}
         out.update(
-            {
-                "reward/mean": float(r.mean()),
-                "reward/std": float(r.std()),
-                "reward/errors": float(errors),
-                "response/length_mean": float(lengths.mean()),
-                "time/rollout": ro.seconds["rollout"],
-                "time/reward": ro.seconds["reward"],
-                "time/reference": t_ref,
-                "time/update": t_upd,
-            }
+            metrics_lib.rollout_metrics(
+                ro, prompt_len=c.data.max_prompt_len, seconds={"reference": t_ref, "update": t_upd}
+            )
         )
-        for name, values in per_fn.items():
-            if len(per_fn) > 1:
-                out[f"reward/{name}"] = float(np.mean(values))
-        total = ro.seconds["rollout"] + ro.seconds["reward"] + t_ref + t_upd
-        n_tokens = float(lengths.sum() + ro.tokens.shape[0] * c.data.max_prompt_len)
-        out["tokens/per_sec"] = n_tokens / max(total, 1e-9)
         if self.is_main and c.log.samples and (step + 1) % c.log.every == 0:
-            self._log_samples(step + 1, ro)
+            rows = metrics_lib.sample_rows(ro, group_size=plan.samples, prompts=c.log.samples)
+            self.logger.log_samples(step + 1, rows)
         return out
-
-    def _log_samples(self, step: int, ro: rollout_lib.Rollout) -> None:
-        g = self.config.rollout.group_size
-        r = ro.host_rewards
-        rows = []
-        for p in range(min(self.config.log.samples, len(ro.prompts))):
-            for j in range(g):
-                i = p * g + j
-                row = {
-                    "prompt": ro.prompts[p],
-                    "completion": ro.completions[i],
-                    "reward": float(r[i]),
-                }
-                if "answer" in ro.columns:
-                    row["answer"] = ro.columns["answer"][p]
-                rows.append(row)
-        self.logger.log_samples(step, rows)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """The ``eval/...`` metrics of the current parameters as the run logs them at ``step``
@@ -471,40 +389,6 @@ class Trainer:
 
 
 _advantages = jax.jit(losses.group_advantages, static_argnames=("group_size", "method"))
-
-
-def _records(batch: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
-    """A collated batch ``{field: [values]}`` as one dict per row."""
-    keys = list(batch)
-    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    host = jax.device_get(dict(metrics))
-    return {k: float(v) for k, v in host.items()}
-
-
-def _mean_metrics(per_update: list[Mapping[str, Any]]) -> dict[str, float]:
-    host = [jax.device_get(dict(m)) for m in per_update]
-    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-
-
-def _check_processes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    """In a multi-process run, each process reads P / n prompts per step and must hold whole
-    rows of every batch: P must divide by the number of processes n and by the data axes'
-    size (data x fsdp), which itself must divide by n."""
-    n = jax.process_count()
-    if n == 1:
-        return
-    p = config.rollout.prompts_per_step
-    ways = sharding_lib.data_ways(mesh)
-    if ways % n or p % ways:
-        raise config_lib.ConfigError(
-            f"rollout.prompts_per_step={p} with mesh {dict(mesh.shape)} on {n} processes: a "
-            f"multi-host run needs data x fsdp ({ways}) to be a multiple of the process count "
-            f"({n}) and prompts_per_step a multiple of data x fsdp, so that each host samples, "
-            f"decodes and scores whole prompts of its own."
-        )
 
 
 def _round_up(n: int, m: int) -> int:

@@ -235,6 +235,20 @@ class RunPlan:
         passes, ``update``); the warm-up steps run ``("update",)`` of SFT."""
         return (*(("sampler",) if self.samples_rollouts else ()), *self.logps_passes, "update")
 
+    def check_processes(self, count: int) -> None:
+        """In a run of ``count`` processes each reads P / count prompts per step and must hold
+        whole rows of every batch: data x fsdp must divide by ``count`` and P by data x fsdp."""
+        if count == 1:
+            return
+        p, ways = self.prompts, self.data_ways
+        if ways % count or p % ways:
+            raise config_lib.ConfigError(
+                f"rollout.prompts_per_step={p} with data x fsdp = {ways} on {count} processes: "
+                f"a multi-host run needs data x fsdp to be a multiple of the process count and "
+                "prompts_per_step a multiple of data x fsdp, so that each host samples, "
+                "decodes and scores whole prompts of its own (config.mesh)."
+            )
+
     @property
     def builds_sft_update(self) -> bool:
         """Whether the run needs the SFT update (the sft algorithm, or a warm-up)."""

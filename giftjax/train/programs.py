@@ -135,15 +135,7 @@ def abstract_run(
         params,
     )
     shardings = state_lib.state_shardings(state, mesh, c.mesh.rules)
-    ctx = UpdateContext(
-        graphdef=graphdef,
-        tx=tx,
-        config=c,
-        plan=plan,
-        mesh=mesh,
-        prompt_len=c.data.max_prompt_len,
-        state_sharding=shardings,
-    )
+    ctx = UpdateContext.create(graphdef, tx, c, mesh=mesh, state_sharding=shardings)
     return ctx, _with_shardings(state, shardings)
 
 

@@ -91,6 +91,12 @@ def sampler_settings(
     }
 
 
+def records(batch: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """A collated data batch ``{field: [values]}`` as one dict per row."""
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
 def render_prompts(
     tokenizer: Any, rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
 ) -> list[str]:

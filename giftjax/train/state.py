@@ -124,6 +124,31 @@ def add_lora(
     return lora_model, base_graphdef
 
 
+def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
+    """The run's tokenizer; it must have a pad token and an EOS token."""
+    name = config.model.tokenizer or config.model.hf_path
+    if name == "synthetic":
+        from giftjax import data as data_lib  # grain, tokenizers: seconds to import
+
+        tok = data_lib.build_tokenizer()
+    else:
+        if not os.path.isdir(name):
+            raise ValueError(
+                f"config.model.tokenizer={name!r} is not a folder; give a local tokenizer "
+                "folder (or 'synthetic' for the synthetic task's tokenizer)."
+            )
+        tok = models.load_tokenizer(name)
+    if tok.pad_token_id is None:
+        raise ValueError(
+            f"the tokenizer {name!r} has no pad token: set one (e.g. "
+            "tokenizer.pad_token = tokenizer.eos_token, then save_pretrained) and point "
+            "config.model.tokenizer at the saved folder."
+        )
+    if tok.eos_token_id is None:
+        raise ValueError(f"the tokenizer {name!r} has no EOS token; responses could never end.")
+    return tok
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_updates: int):
     """``optim.learning_rate`` with linear warm-up then constant, cosine or linear decay."""
     o = config.optim

@@ -76,7 +76,7 @@ class UpdateContext:
             graphdef=graphdef,
             tx=tx,
             config=config,
-            plan=RunPlan.for_mesh(config, mesh),
+            plan=RunPlan.for_mesh(config, mesh),  # = RunPlan.from_config on mesh.size devices
             mesh=mesh,
             prompt_len=config.data.max_prompt_len if prompt_len is None else prompt_len,
             state_sharding=state_sharding,
