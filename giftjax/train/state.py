@@ -34,6 +34,7 @@ from giftjax import models, optim
 from giftjax import sharding as sharding_lib
 from giftjax.models.presets import PRESETS
 from giftjax.train.config import ConfigError
+from giftjax.train.plan import PLAN_ROWS
 
 
 @flax.struct.dataclass
@@ -171,7 +172,7 @@ def make_optimizer(
     """AdamW after global-norm clipping; hybrid runs put GAC first (it takes both gradients)."""
     o = config.optim
     parts = []
-    if config.algo.name == "hybrid":
+    if PLAN_ROWS[config.algo.name][0] == "hybrid":  # GAC takes both gradients
         g = config.algo.gac
         prior = optim.chord_prior(
             warmup=g.prior_warmup, decay=g.prior_decay, peak=g.prior_peak, valley=g.prior_valley
