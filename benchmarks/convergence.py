@@ -155,11 +155,7 @@ def measure_directions(args) -> dict[str, Any]:
         points = []
         step = tr.warmup
         for point in range(args.direction_points):
-            batch_rows = next(tr.data)
-            rows = [
-                dict(zip(batch_rows, v, strict=True))
-                for v in zip(*batch_rows.values(), strict=True)
-            ]
+            rows = rollout_lib.records(next(tr.data))
             key = jax.random.fold_in(jax.random.fold_in(tr.base_key, 10_000 + point), 7)
             ro = rollout_lib.generate_rollout(
                 tr.graphdef,
@@ -172,12 +168,7 @@ def measure_directions(args) -> dict[str, Any]:
                 key=key,
                 step=step + 1,
             )
-            base = {
-                "tokens": ro.tokens,
-                "attn_mask": ro.attn_mask,
-                "resp_mask": ro.resp_mask,
-                "rewards": ro.rewards,
-            }
+            base = ro.batch()
             flat = {}
             for label, fn in grad_fns.items():
                 method = "dr_grpo" if label == "dr_grpo" else "grpo"  # the trainer's choice

@@ -171,3 +171,18 @@ def test_unknown_algorithm_names_the_known_ones():
     c.algo.name = "ppo"
     with pytest.raises(config_lib.ConfigError, match=r"'ppo'.*'gift'"):
         RunPlan.from_config(c, jax.device_count())
+
+
+def test_sampler_pi_old_with_several_updates_compiles_no_logps_program():
+    """GRPO with the sampler's pi_old, two updates per rollout and no KL (the grpo preset's
+    0.04 set to 0): the Trainer runs no
+    pi_old pass, so the abstract programs (what ``giftjax.aot`` compiles) hold none either;
+    with the trainer's own pi_old ("recompute") both have it."""
+    mesh = sharding_lib.make_mesh(config_lib.mesh_shape(_config("grpo", "sampler", 2), 8))
+    for old_logps, expected in (("sampler", ["train", "sampler"]), ("recompute", None)):
+        c = _config("grpo", old_logps, 2, grpo__kl_coef=0.0)
+        plan = RunPlan.from_config(c, jax.device_count())
+        names = [p.name for p in programs.programs(c, mesh)]
+        assert names == (expected or ["train", "logps", "sampler"])
+        assert plan.needs_old == (old_logps == "recompute")
+        assert ("old_logps" in plan.batch_keys) == plan.needs_old
