@@ -276,10 +276,15 @@ def data_ways(mesh: Mesh) -> int:
     return int(mesh.shape["data"] * mesh.shape["fsdp"])
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (rows padded to whole shards)."""
+    return -(-n // multiple) * multiple
+
+
 def sampled_prompts(prompts: int, samples: int, ways: int) -> int:
     """The prompt rows the sampler runs for ``prompts`` x ``samples`` rows over ``ways`` data
     shards: ``prompts`` when the rows divide, else ``prompts`` rounded up to a multiple of
     ``ways`` (dummy prompts, whose samples are dropped)."""
     if (prompts * samples) % ways == 0:
         return prompts
-    return -(-prompts // ways) * ways
+    return round_up(prompts, ways)

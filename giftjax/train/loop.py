@@ -143,7 +143,7 @@ class Trainer:
     def _build_state(self, c: ml_collections.ConfigDict) -> None:
         """The policy (with its adapters), the optimiser and the placed train state."""
         vocab = len(self.tokenizer)
-        model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
+        model = state_lib.build_model(c, self.mesh, vocab_size=sharding_lib.round_up(vocab, 8))
         if model.config.vocab_size < vocab:
             raise ValueError(
                 f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
@@ -389,10 +389,6 @@ class Trainer:
 
 
 _advantages = jax.jit(losses.group_advantages, static_argnames=("group_size", "method"))
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

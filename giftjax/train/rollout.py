@@ -202,7 +202,7 @@ def host_share(rows: Sequence[Any], mesh: Mesh) -> tuple[list[Any], int]:
     if not distributed.is_multiprocess():
         return rows, len(rows)
     ways = sharding_lib.data_ways(mesh)
-    total = -(-len(rows) // ways) * ways
+    total = sharding_lib.round_up(len(rows), ways)
     padded = rows + [rows[-1]] * (total - len(rows))
     per = total // jax.process_count()
     i = jax.process_index()
