@@ -6,8 +6,8 @@ and reports per chip what the compiler allocates against the chip's HBM:
 
 - ``train``: one optimiser update (forward, backward, optimiser; micro-batched), the function
   the Trainer jits, with its in/out shardings and donated state;
-- ``logps``: the pi_old / reference log-probs of the P*G rollout rows (when the algorithm
-  needs them);
+- ``logps``: the pi_old / reference log-probs of the P*G rollout rows (DPO: the reference's
+  of the P pairs), when the run plan has such a pass;
 - ``sampler``: ``sampling.generate`` for P prompts x G samples, prefill and decode with a KV
   cache of ``data.max_prompt_len + rollout.max_new_tokens`` slots.
 
