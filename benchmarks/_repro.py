@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import giftjax from the checkout
     sys.path.insert(0, str(ROOT))
 
-from giftjax.plot import load_metrics, moving_average  # noqa: E402  (no jax import)
+from giftjax import workdir as workdir_lib  # noqa: E402  (no jax import)
+from giftjax.plot import moving_average  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 QUICK_OUT = ROOT / "benchmarks" / "out" / "quick"  # git-ignored: quick runs are not results
@@ -358,7 +359,8 @@ def summarise_run(workdir: Path, *, threshold: float, extra_keys: Iterable[str] 
     ``time_step`` / ``time_update`` (medians, s), ``total_wall``, ``first_step_s`` (s), and
     the series of ``extra_keys``.
     """
-    rows = [r for r in load_metrics(str(workdir / "metrics.jsonl")) if "step" in r]
+    metrics = str(workdir / workdir_lib.METRICS)
+    rows = [r for r in workdir_lib.read_jsonl(metrics, missing_ok=False) if "step" in r]
     rl = [r for r in rows if not r.get("phase/sft_warmup")]
     if not rl:
         raise ValueError(f"{workdir}: no RL step in metrics.jsonl.")

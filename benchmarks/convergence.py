@@ -106,10 +106,9 @@ def measure_directions(args) -> dict[str, Any]:
 
     from configs import smoke_cpu
     from giftjax import losses
-    from giftjax.train import loop
+    from giftjax.train import loop, objectives
     from giftjax.train import rollout as rollout_lib
-    from giftjax.train import step as step_lib
-    from giftjax.train.hybrid import accumulate_grads
+    from giftjax.train.accumulate import accumulate_grads
 
     c = smoke_cpu.get_config()
     for key, value in (*METHODS["gift_u1"], *_repro.common_overrides(args, args.seed, LRS[1])):
@@ -138,7 +137,7 @@ def measure_directions(args) -> dict[str, Any]:
             tr.step(s)
         grad_fns = {}
         for label, (name, extra) in variants.items():
-            mb_loss = step_lib.rl_microbatch_loss(
+            mb_loss = objectives.rl_microbatch_loss(
                 tr.graphdef,
                 variant_config(name, extra),
                 name=name,
@@ -156,11 +155,7 @@ def measure_directions(args) -> dict[str, Any]:
         points = []
         step = tr.warmup
         for point in range(args.direction_points):
-            batch_rows = next(tr.data)
-            rows = [
-                dict(zip(batch_rows, v, strict=True))
-                for v in zip(*batch_rows.values(), strict=True)
-            ]
+            rows = rollout_lib.records(next(tr.data))
             key = jax.random.fold_in(jax.random.fold_in(tr.base_key, 10_000 + point), 7)
             ro = rollout_lib.generate_rollout(
                 tr.graphdef,
@@ -173,12 +168,7 @@ def measure_directions(args) -> dict[str, Any]:
                 key=key,
                 step=step + 1,
             )
-            base = {
-                "tokens": ro.tokens,
-                "attn_mask": ro.attn_mask,
-                "resp_mask": ro.resp_mask,
-                "rewards": ro.rewards,
-            }
+            base = ro.batch()
             flat = {}
             for label, fn in grad_fns.items():
                 method = "dr_grpo" if label == "dr_grpo" else "grpo"  # the trainer's choice
@@ -189,7 +179,7 @@ def measure_directions(args) -> dict[str, Any]:
             ref = flat["gift"]
             row: dict[str, Any] = {
                 "step": step - tr.warmup,
-                "reward": float(ro.rewards_host.mean()),
+                "reward": float(ro.host_rewards.mean()),
             }
             for label, vec in flat.items():
                 if label == "gift":

@@ -43,9 +43,9 @@ from configs import smoke_cpu  # noqa: E402
 from giftjax import models  # noqa: E402
 from giftjax.data import build_tokenizer  # noqa: E402
 from giftjax.export import export_checkpoint  # noqa: E402
-from giftjax.train import step as step_lib  # noqa: E402
+from giftjax.train import updates as updates_lib  # noqa: E402
 from giftjax.train.loop import Trainer  # noqa: E402
-from giftjax.train.metrics import read_jsonl  # noqa: E402
+from giftjax.workdir import METRICS, read_jsonl  # noqa: E402
 
 # name -> (description, config overrides, parameters kept frozen by the ablation)
 ROWS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
@@ -96,7 +96,7 @@ def confidence_cap(hf_path: str) -> dict[str, float]:
 def _freeze(prefixes: tuple[str, ...]) -> None:
     """Drops the optimiser's updates to parameters whose path starts with ``prefixes`` (the
     ablation row; patched into the update the Trainer builds)."""
-    apply = step_lib._apply
+    apply = updates_lib._apply
 
     def frozen(path) -> bool:
         return jax.tree_util.keystr(path).startswith(prefixes)
@@ -108,7 +108,7 @@ def _freeze(prefixes: tuple[str, ...]) -> None:
         )
         return new.replace(params=params), metrics
 
-    step_lib._apply = patched
+    updates_lib._apply = patched
 
 
 def run_row(name: str, base: str, workdir: str, args) -> tuple[float, float, float]:
@@ -127,7 +127,7 @@ def run_row(name: str, base: str, workdir: str, args) -> tuple[float, float, flo
             node = node[part]
         node[rest[-1]] = value
     run_dir = os.path.join(workdir, f"{name}_lr{args.lr:g}_s{args.steps}_seed{args.seed}")
-    apply = step_lib._apply
+    apply = updates_lib._apply
     if frozen:
         _freeze(frozen)
     try:
@@ -137,8 +137,8 @@ def run_row(name: str, base: str, workdir: str, args) -> tuple[float, float, flo
         trainer.close()
         seconds = time.perf_counter() - t0
     finally:
-        step_lib._apply = apply
-    rewards = [r["reward/mean"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
+        updates_lib._apply = apply
+    rewards = [r["reward/mean"] for r in read_jsonl(os.path.join(run_dir, METRICS))]
     n = max(1, len(rewards) // 10)
     return float(np.mean(rewards[:n])), float(np.mean(rewards[-n:])), seconds
 

@@ -1,6 +1,6 @@
 """Per-chip memory of one RL update, LoRA vs full fine-tuning, by ahead-of-time TPU compile.
 
-Compiles the trainer's own jitted update (``giftjax.train.step.make_rl_update``: micro-batched
+Compiles the trainer's own jitted update (``giftjax.train.updates.make_rl_update``: micro-batched
 GRPO with a KL to the initial model, AdamW, the donated TrainState) on this CPU machine for a
 TPU topology through libtpu, with abstract inputs (no weights are materialised), and reports
 the compiler's per-chip memory: the arguments (the TrainState and one update's batch), the
@@ -40,7 +40,7 @@ from giftjax.models import Decoder, lora
 from giftjax.models.presets import get_preset
 from giftjax.train import config as config_lib
 from giftjax.train import state as state_lib
-from giftjax.train import step as step_lib
+from giftjax.train import updates as updates_lib
 
 GIB = 2**30
 
@@ -95,9 +95,10 @@ def compile_update(args, rank: int, mesh) -> dict[str, float]:
     abstract = jax.eval_shape(make_state, params)
     shardings = state_lib.state_shardings(abstract, mesh, args.rules)
     state = state_lib.abstract_state(abstract, shardings)
-    update = step_lib.make_rl_update(
+    ctx = updates_lib.UpdateContext.create(
         graphdef, tx, c, mesh=mesh, prompt_len=args.prompt_len, state_sharding=shardings
     )
+    update = updates_lib.make_rl_update(ctx)
     b, t, m = args.rows, args.prompt_len + args.response_len, args.response_len
     rows2 = sharding.batch_sharding(2, mesh, args.rules)
     rows1 = sharding.batch_sharding(1, mesh, args.rules)

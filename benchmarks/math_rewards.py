@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import random
@@ -33,6 +32,7 @@ import math_verify
 from giftjax import rewards
 from giftjax.rewards import answers
 from giftjax.rewards.math import reference_latex, sympy_equivalent
+from giftjax.workdir import read_jsonl
 
 HOSTILE = [
     "so the answer is \\boxed{9^{9^{9^9}}}",
@@ -58,11 +58,6 @@ def math_sympy_only(prompts, completions, *, answer, **unused_columns):
     return scores
 
 
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 def timed(run: rewards.RewardRunner, completions, golds, prompts=None):
     """Scores one batch; returns (per-row scores, errors, seconds)."""
     prompts = prompts or [""] * len(completions)
@@ -84,8 +79,8 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--out", default=None, help="markdown file to write (else stdout)")
     args = parser.parse_args()
-    gsm = read_jsonl(os.path.join(args.data, "gsm8k", "test.jsonl"))
-    mth = read_jsonl(os.path.join(args.data, "math500", "test.jsonl"))
+    gsm = read_jsonl(os.path.join(args.data, "gsm8k", "test.jsonl"), missing_ok=False)
+    mth = read_jsonl(os.path.join(args.data, "math500", "test.jsonl"), missing_ok=False)
     lines = []
 
     # ---------------------------------------------------------------- GSM8K

@@ -6,8 +6,8 @@ and reports per chip what the compiler allocates against the chip's HBM:
 
 - ``train``: one optimiser update (forward, backward, optimiser; micro-batched), the function
   the Trainer jits, with its in/out shardings and donated state;
-- ``logps``: the pi_old / reference log-probs of the P*G rollout rows (when the algorithm
-  needs them);
+- ``logps``: the pi_old / reference log-probs of the P*G rollout rows (DPO: the reference's
+  of the P pairs), when the run plan has such a pass;
 - ``sampler``: ``sampling.generate`` for P prompts x G samples, prefill and decode with a KV
   cache of ``data.max_prompt_len + rollout.max_new_tokens`` slots.
 
@@ -20,13 +20,11 @@ are part of the compiler's temporaries). A recipe fits when every program's peak
 ``--headroom`` (10%) of the HBM free; otherwise the report says so and names the settings to
 change (mesh, micro-batches, remat, cache length, rollout batch).
 
-FLOPs per step: XLA's cost analysis counts a loop body once (the layer scan, the micro-batch
-scan, the decode loop), so the compiled TPU programs undercount. The report's FLOPs are the
-cost analysis of the same functions lowered with every scan unrolled (on the host CPU; the
-micro-batches unrolled too; on 1- and 2-layer copies of the model, extrapolated to L
-identical layers), the decode loop counted
-``max_new_tokens - 1`` times (every row generating to the end, an upper bound):
-``sampler + passes x logps + updates_per_rollout x train``.
+FLOPs per step (:mod:`giftjax.train.flops`): the cost analysis of the same functions lowered
+with every loop unrolled on the host CPU, ``sampler + logps_calls x logps + updates_per_step x
+train`` as the run plan counts the calls. The programs and their calls come from the run plan
+the Trainer follows (:class:`giftjax.train.plan.RunPlan`); the report itself is
+:mod:`giftjax.aot_report`'s.
 
     python -m giftjax.aot --config=configs/gsm8k_qwen2.5_7b_gift.py --topology=v5p:2x2x2
     python -m giftjax.aot --config=configs/math_qwen2.5_32b_gift.py --topology=v5p:4x4x4 \
@@ -35,25 +33,27 @@ identical layers), the decode loop counted
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
 import json
 import math
 import re
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from giftjax import runtime
+from giftjax.aot_report import (  # jax-free
+    GIB,
+    HEADROOM,
+    ProgramReport,
+    Report,
+    assess,
+    format_report,
+)
 from giftjax.runtime import quiet_libtpu
 
 # Chip HBM in GiB per chip (Google Cloud's TPU documentation: v4 32 GiB, v5e 16 GiB,
 # v5p 95 GiB, v6e 32 GiB).
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
-HEADROOM = 0.10
-GIB = 2**30
 
 
 def chip_hbm(topology: str) -> tuple[str, int]:
@@ -74,65 +74,6 @@ def topology_devices(topology: str) -> list[Any]:
     chip_hbm(topology)
     with quiet_libtpu():
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
-
-
-@dataclasses.dataclass
-class ProgramReport:
-    """Per-chip memory (bytes) and cost of one compiled program.
-
-    Attributes:
-      name: ``train``, ``logps`` or ``sampler``.
-      compile_s: seconds to lower and compile for the topology.
-      arguments, outputs, aliased, temporaries: ``memory_analysis()`` (temporaries: the peak
-        less arguments and outputs, when that is larger than the reported temp size).
-      program_peak: the compiler's peak of the program.
-      resident: train state in HBM but not an argument (optimiser state, reference).
-      peak: ``program_peak + resident``, what the chip holds at most while it runs.
-      breakdown: named parts (parameters, optimizer_state, reference, gradients, kv_cache).
-      flops: FLOPs of one call, all chips together (loops unrolled; see the module doc).
-      calls_per_step: how many times an RL step runs it.
-      error: the compiler's out-of-memory message when it refused the program (then
-        ``temporaries`` is what it said it needed and ``arguments`` come from the shapes).
-    """
-
-    name: str
-    compile_s: float
-    arguments: int
-    outputs: int
-    aliased: int
-    temporaries: int
-    program_peak: int
-    resident: int
-    peak: int
-    breakdown: dict[str, int]
-    flops: float | None
-    calls_per_step: int
-    error: str = ""
-
-
-@dataclasses.dataclass
-class Report:
-    """The fit report of one recipe on one topology (bytes are per chip)."""
-
-    config: str
-    topology: str
-    chips: int
-    mesh: dict[str, int]
-    hbm: int
-    headroom: float
-    programs: list[ProgramReport]
-    flops_per_step: float | None
-    fits: bool
-    advice: list[str]
-
-    @property
-    def peak(self) -> int:
-        return max(p.peak for p in self.programs)
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["peak"] = self.peak
-        return out
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -160,155 +101,6 @@ def _memory(compiled) -> tuple[int, int, int, int, int]:
     return args, outs, alias, temps, peak
 
 
-@contextlib.contextmanager
-def _unrolled_loops() -> Iterator[None]:
-    """Every ``lax.scan``, ``lax.fori_loop`` and ``nnx.scan`` traced meanwhile is unrolled (so
-    that the cost analysis counts each iteration)."""
-    from unittest import mock
-
-    import jax
-    from flax import nnx
-
-    def force(fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            kwargs["unroll"] = True
-            return fn(*args, **kwargs)
-
-        return wrapped
-
-    with (
-        mock.patch.object(jax.lax, "scan", force(jax.lax.scan)),
-        mock.patch.object(jax.lax, "fori_loop", force(jax.lax.fori_loop)),
-        mock.patch.object(nnx, "scan", force(nnx.scan)),
-    ):
-        yield
-
-
-def _cost_flops(fn, args) -> float:
-    import jax
-
-    with _unrolled_loops():
-        lowered = jax.jit(fn).lower(*args)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"])
-
-
-def _decode_flops(config, mesh, rows: int, slots: int) -> float:
-    """FLOPs of one decode step (one token for each of ``rows`` rows, cache of ``slots``)."""
-    import jax
-    from flax import nnx
-
-    from giftjax.train import abstract
-
-    graphdef, _, state, _ = abstract.abstract_state(config, mesh)
-    model = nnx.merge(graphdef, state.params)
-    cache = jax.eval_shape(lambda: model.init_cache(rows, slots))
-    prev = jax.ShapeDtypeStruct((rows, 1), jax.numpy.int32)
-
-    def decode(params, prev, cache):
-        return nnx.merge(graphdef, params).decode_step(prev, cache=cache)
-
-    return _cost_flops(decode, (state.params, prev, cache))
-
-
-def _count_flops_once(config) -> dict[str, float]:
-    import jax
-
-    from giftjax import sharding as sharding_lib
-    from giftjax.train import abstract
-
-    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
-    out: dict[str, float] = {}
-    for p in abstract.programs(config, mesh):
-        out[p.name] = _cost_flops(p.fn, p.args)
-        if p.name == "sampler":
-            m = config.rollout.max_new_tokens
-            rows = p.args[1].shape[0] * config.rollout.group_size
-            step = _decode_flops(config, mesh, rows, config.data.max_prompt_len + m)
-            # The loop body is counted once by the cost analysis; it runs up to M - 1 times.
-            out[p.name] += (m - 2) * step
-    return out
-
-
-def count_flops(config) -> dict[str, float]:
-    """FLOPs of one call of each program (all chips together), on one host CPU device with
-    every loop unrolled (see the module docstring).
-
-    The L layers are identical, so a program's FLOPs are ``f(1) + (L - 1) (f(2) - f(1))``
-    with ``f(l)`` the count of the same program on an ``l``-layer model: two small lowerings
-    instead of one with L unrolled layers.
-    """
-    from giftjax.train import abstract
-
-    c = config.copy_and_resolve_references()
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
-    layers = abstract.model_config(c).num_layers
-    counts = []
-    for n in (1, 2):
-        c.model.shape.num_layers = n
-        counts.append(_count_flops_once(c))
-    one, two = counts
-    return {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
-
-
-def _advice(config, report_programs: list[ProgramReport], budget: int, mesh) -> list[str]:
-    """What to change, per program that does not leave the headroom."""
-    from giftjax.train import config as config_lib
-
-    c = config
-    r = c.rollout
-    ways = mesh["data"] * mesh["fsdp"]
-    tp, m = c.data.max_prompt_len, r.max_new_tokens
-    out: list[str] = []
-    for p in report_programs:
-        if p.peak <= budget:
-            continue
-        where = f"{p.name}: peak {p.peak / GIB:.1f} GiB per chip > {budget / GIB:.1f} GiB"
-        if p.resident + p.breakdown.get("parameters", 0) > budget:
-            out.append(
-                f"{where}; the train state alone does not fit: more chips (a larger topology; "
-                "mesh.fsdp=-1 shards parameters and optimiser state over all of them)"
-                + (", or algo.reference='old' (no frozen copy)" if p.breakdown["reference"] else "")
-            )
-            continue
-        if p.name == "train":
-            u = c.train.updates_per_rollout if c.algo.name in config_lib.RL_ALGOS else 1
-            groups = r.prompts_per_step // u
-            rows = r.prompts_per_step * (r.group_size if c.algo.name in config_lib.RL_ALGOS else 1)
-            rows //= u
-            k = c.train.micro_batches
-            larger = [
-                d for d in range(k + 1, groups + 1) if groups % d == 0 and (rows // d) % ways == 0
-            ]
-            tips = []
-            if larger:
-                tips.append(f"train.micro_batches={larger[0]} (now {k}: {rows // k} rows each)")
-            if c.model.remat != "full":
-                tips.append(f"model.remat='full' (now {c.model.remat!r})")
-            tips.append(f"shorter rows: data.max_prompt_len + rollout.max_new_tokens = {tp + m}")
-        elif p.name == "sampler":
-            kv = p.breakdown.get("kv_cache", 0) / GIB
-            tips = [
-                f"cache length data.max_prompt_len + rollout.max_new_tokens = {tp + m} "
-                f"(KV cache {kv:.1f} GiB per chip)",
-                f"rollout batch rollout.prompts_per_step x rollout.group_size = "
-                f"{r.prompts_per_step * r.group_size} rows",
-            ]
-        else:
-            tips = [
-                f"rollout batch rollout.prompts_per_step x rollout.group_size = "
-                f"{r.prompts_per_step * r.group_size} rows",
-                f"data.max_prompt_len + rollout.max_new_tokens = {tp + m}",
-            ]
-        if mesh["tensor"] == 1:
-            tips.append("mesh.tensor=2 or 4 with mesh.rules='fsdp_tp' (splits heads, MLP, vocab)")
-        tips.append("more chips (a larger topology)")
-        out.append(f"{where}; change: " + "; ".join(tips))
-    return out
-
-
 def check(
     config,
     topology: str,
@@ -333,9 +125,9 @@ def check(
 
     from giftjax import sharding as sharding_lib
     from giftjax.models import lora as lora_lib
-    from giftjax.train import abstract
     from giftjax.train import config as config_lib
-    from giftjax.train import step as step_lib
+    from giftjax.train import flops as flops_lib
+    from giftjax.train import programs
 
     if not 0.0 <= headroom < 1.0:
         raise ValueError(f"headroom={headroom!r} must be in [0, 1).")
@@ -343,26 +135,22 @@ def check(
     devices = topology_devices(topology)
     sizes = config_lib.mesh_shape(config, len(devices))
     mesh = sharding_lib.make_mesh(sizes, devices=devices)
-    progs = abstract.programs(config, mesh)
-    _, _, state, _ = abstract.abstract_state(config, mesh)
+    progs = programs.programs(config, mesh)
+    ctx, state = programs.abstract_run(config, mesh)
     parts = {
-        "parameters": abstract.per_device_bytes(state.params),
-        "optimizer_state": abstract.per_device_bytes(state.opt_state),
-        "reference": abstract.per_device_bytes(state.ref_params),
+        "parameters": programs.per_device_bytes(state.params),
+        "optimizer_state": programs.per_device_bytes(state.opt_state),
+        "reference": programs.per_device_bytes(state.ref_params),
     }
     # Gradients of what trains: every weight, or with LoRA the adapters alone.
-    trainable, _ = lora_lib.split_trainable(state.params, step_lib.is_lora(config))
+    trainable, _ = lora_lib.split_trainable(state.params, ctx.plan.lora)
     f32_grads = sum(
         4 * math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree.leaves(trainable)
     )
-    keys = abstract.rl_batch_keys(config) if config.algo.name in config_lib.RL_ALGOS else ()
-    passes = int("old_logps" in keys) + int(
-        "ref_logps" in keys and config.algo.reference == "initial"
-    )
-    calls = {"train": config.train.updates_per_rollout if keys else 1, "logps": passes}
+    calls = {"train": ctx.plan.updates_per_step, "logps": ctx.plan.logps_calls}
     if flops:
         _progress(f"counting FLOPs ({', '.join(p.name for p in progs)}, loops unrolled) ...")
-    costs = count_flops(config) if flops else {}
+    costs = flops_lib.count_flops(config) if flops else {}
     reports = []
     for p in progs:
         _progress(f"compiling {p.name} for {topology} ({len(devices)} chips) ...")
@@ -379,14 +167,14 @@ def check(
             if needed is None:
                 raise
             error = str(e).splitlines()[0]
-            args, outs, alias = abstract.per_device_bytes(p.args), 0, 0
+            args, outs, alias = programs.per_device_bytes(p.args), 0, 0
             temps, peak = needed, args + needed
         seconds = time.perf_counter() - start
         breakdown = dict(parts)
         if p.name == "train":
             breakdown["gradients"] = f32_grads
         if p.name == "sampler":
-            breakdown["kv_cache"] = abstract.kv_cache_bytes(config, mesh)
+            breakdown["kv_cache"] = programs.kv_cache_bytes(config, mesh)
         reports.append(
             ProgramReport(
                 name=p.name,
@@ -418,77 +206,6 @@ def check(
         advice=[],
     )
     return assess(report, config, headroom=headroom)
-
-
-def assess(report: Report, config, *, headroom: float = HEADROOM) -> Report:
-    """The report's verdict for ``headroom``: ``fits`` when every program's peak is at most
-    ``(1 - headroom) x HBM``, else ``advice`` names the settings to change per program."""
-    if not 0.0 <= headroom < 1.0:
-        raise ValueError(f"headroom={headroom!r} must be in [0, 1).")
-    budget = int((1.0 - headroom) * report.hbm)
-    return dataclasses.replace(
-        report,
-        headroom=headroom,
-        fits=all(p.peak <= budget for p in report.programs),
-        advice=_advice(config, report.programs, budget, report.mesh),
-    )
-
-
-def format_report(report: Report) -> str:
-    """The report as text: one row per program, the verdict, and what to change."""
-    hbm = report.hbm / GIB
-    lines = [
-        f"{report.config or 'config'} on {report.topology}: {report.chips} chips, mesh "
-        f"{report.mesh}, HBM {hbm:.0f} GiB per chip",
-        "",
-        f"{'GiB per chip':<14}" + "".join(f"{p.name:>10}" for p in report.programs),
-    ]
-    keys = ["parameters", "optimizer_state", "reference", "gradients", "kv_cache"]
-    rows = [(k, [p.breakdown.get(k) for p in report.programs]) for k in keys]
-    rows += [
-        ("temporaries", [p.temporaries for p in report.programs]),
-        ("arguments", [p.arguments for p in report.programs]),
-        ("not in args", [p.resident for p in report.programs]),
-        ("peak", [p.peak for p in report.programs]),
-    ]
-    for label, values in rows:
-        if all(not v for v in values):
-            continue
-        cells = "".join(f"{'-' if v is None else f'{v / GIB:.2f}':>10}" for v in values)
-        lines.append(f"{label:<14}{cells}")
-    lines.append(
-        f"{'% of HBM':<14}"
-        + "".join(f"{100 * p.peak / report.hbm:>9.0f}%" for p in report.programs)
-    )
-    lines.append(f"{'compile s':<14}" + "".join(f"{p.compile_s:>10.1f}" for p in report.programs))
-    if report.flops_per_step is not None:
-        lines.append(
-            f"{'TFLOPs/call':<14}" + "".join(f"{p.flops / 1e12:>10.1f}" for p in report.programs)
-        )
-        lines.append(
-            f"{'calls/step':<14}" + "".join(f"{p.calls_per_step:>10}" for p in report.programs)
-        )
-        lines.append(
-            f"\nFLOPs per RL step: {report.flops_per_step / 1e12:.1f} TFLOPs "
-            f"({report.flops_per_step / report.chips / 1e12:.1f} per chip)"
-        )
-    for p in report.programs:
-        if p.error:
-            lines.append(f"\n{p.name}: the compiler ran out of HBM: {p.error}")
-    free = 100 * (1 - report.peak / report.hbm)
-    if report.fits:
-        lines.append(
-            f"\nFITS: peak {report.peak / GIB:.1f} GiB of {hbm:.0f} GiB per chip "
-            f"({free:.0f}% free, >= {100 * report.headroom:.0f}% asked)."
-        )
-    else:
-        verdict = "DOES NOT FIT" if report.peak > report.hbm else "TOO TIGHT"
-        lines.append(
-            f"\n{verdict}: peak {report.peak / GIB:.1f} GiB of {hbm:.0f} GiB per chip "
-            f"({free:.0f}% free; {100 * report.headroom:.0f}% headroom asked)."
-        )
-        lines += [f"  - {a}" for a in report.advice]
-    return "\n".join(lines)
 
 
 def main(flags: dict[str, Any]) -> None:

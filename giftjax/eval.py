@@ -9,7 +9,7 @@ run logged at that step (when it evaluated there), and two evaluations of the sa
 
 Nothing of the run is modified (metrics.jsonl, config.json, checkpoints). The config must be
 the run's own; it may differ only in keys that leave the trained weights alone
-(``giftjax.train.checkpoint.EVAL_KEYS``: ``eval.*``, ``data.eval_size``, ``log.*``,
+(``giftjax.train.run_config.EVAL_KEYS``: ``eval.*``, ``data.eval_size``, ``log.*``,
 ``train.steps``, ``checkpoint.keep``), e.g. ``--config.data.eval_size=500``.
 """
 
@@ -21,11 +21,12 @@ import sys
 from collections.abc import Mapping
 
 from giftjax import runtime
+from giftjax import workdir as workdir_lib
 
 
 def output_path(workdir: str, step: int) -> str:
     """Where the metrics of ``step`` are written: ``WORKDIR/eval_step_<step>.json``."""
-    return os.path.join(workdir, f"eval_step_{step}.json")
+    return workdir_lib.eval_path(workdir, step)
 
 
 def format_table(step: int, metrics: Mapping[str, float]) -> str:

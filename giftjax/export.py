@@ -43,6 +43,7 @@ def export_checkpoint(
     from flax import nnx
 
     from giftjax import models
+    from giftjax import workdir as workdir_lib
     from giftjax.train import checkpoint, loop
 
     if jax.process_count() > 1:
@@ -51,7 +52,7 @@ def export_checkpoint(
             "are written from one host's memory."
         )
     step = checkpoint.resolve_step(workdir, step)
-    out = out or os.path.join(workdir, "hf")
+    out = out or os.path.join(workdir, workdir_lib.HF_DIR)
     trainer = loop.Trainer(config, workdir, read_only=True)
     try:
         trainer.restore(step)

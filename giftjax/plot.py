@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from giftjax import workdir as workdir_lib
+
 __all__ = ["load_metrics", "main", "moving_average", "plot_metrics"]
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
+METRICS_FILE = workdir_lib.METRICS
+CONFIG_FILE = workdir_lib.CONFIG_JSON
 DEFAULT_OUT = "reward.png"
 WARMUP_KEY = "phase/sft_warmup"  # set on the rows of SFT warm-up steps
 PANEL_HEIGHT = 2.6  # inches per panel
@@ -57,15 +59,7 @@ def load_metrics(path: str) -> list[dict[str, Any]]:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no metrics file at {path} (has the run logged a step yet?)")
-    with open(path, encoding="utf-8") as f:
-        complete = f.read().split("\n")[:-1]  # the last piece is "" or a write cut short
-    rows = []
-    for number, line in enumerate(complete, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e}).") from e
+    rows = workdir_lib.read_jsonl(path)
     if not rows:
         raise ValueError(f"{path} holds no complete row yet.")
     return rows

@@ -269,3 +269,22 @@ def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh, rules: Rule
     for size, axes in zip(x.shape, logical_to_spec(names, rules), strict=True):
         spec.append(axes if axes and size % num_shards(axes, mesh) == 0 else None)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def data_ways(mesh: Mesh) -> int:
+    """How many ways batch rows split over ``mesh``: the size of its data x fsdp axes."""
+    return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (rows padded to whole shards)."""
+    return -(-n // multiple) * multiple
+
+
+def sampled_prompts(prompts: int, samples: int, ways: int) -> int:
+    """The prompt rows the sampler runs for ``prompts`` x ``samples`` rows over ``ways`` data
+    shards: ``prompts`` when the rows divide, else ``prompts`` rounded up to a multiple of
+    ``ways`` (dummy prompts, whose samples are dropped)."""
+    if (prompts * samples) % ways == 0:
+        return prompts
+    return round_up(prompts, ways)

@@ -22,7 +22,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from giftjax.train.checkpoint import Checkpointer, StopSignal, check_config
+from giftjax.train.checkpoint import Checkpointer
+from giftjax.train.run_config import check_config
+from giftjax.train.stop import StopSignal
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,7 +31,7 @@ def take(it, k):
 def test_batches_are_dicts_of_string_lists():
     ds = prompt_dataset(SyntheticTask(size=20, seed=1), batch_size=4, seed=0)
     batch = ds[0]
-    assert set(batch) == {"prompt", "answer", "demonstration"}
+    assert set(batch) == {"prompt", "answer", "demonstration", "rejected"}
     assert all(len(v) == 4 and all(isinstance(s, str) for s in v) for v in batch.values())
 
 

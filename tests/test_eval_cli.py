@@ -22,7 +22,7 @@ import pytest
 from configs import smoke_cpu
 from giftjax import eval as eval_cli
 from giftjax.train import loop
-from giftjax.train.metrics import read_jsonl
+from giftjax.workdir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = {

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from configs import smoke_cpu
-from giftjax.train.metrics import read_jsonl
+from giftjax.workdir import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

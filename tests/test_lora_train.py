@@ -85,6 +85,6 @@ def test_lora_state_is_adapters_only_and_base_weights_stay_bit_identical(tmp_pat
 def test_sampler_mode_skips_the_pi_old_pass(tmp_path):
     recompute = Trainer(_config(0), str(tmp_path / "r"))
     sampler = Trainer(_config(0, rollout__old_logps="sampler"), str(tmp_path / "s"))
-    assert recompute.needs_old and not sampler.needs_old
+    assert recompute.plan.needs_old and not sampler.plan.needs_old
     for t in (recompute, sampler):
         t.close()

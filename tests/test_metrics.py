@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from giftjax.train.metrics import MetricsLogger, read_jsonl
+from giftjax.train.metrics import MetricsLogger
+from giftjax.workdir import read_jsonl
 
 
 def _rows(workdir, name="metrics.jsonl"):

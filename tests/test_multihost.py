@@ -36,7 +36,7 @@ from precision import F32_EPS, decoder_depth
 from configs import smoke_cpu
 from giftjax import distributed
 from giftjax.train import state as state_lib
-from giftjax.train.metrics import read_jsonl
+from giftjax.workdir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"

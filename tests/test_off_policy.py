@@ -19,7 +19,7 @@ from flax import nnx
 from giftjax import losses, models, sharding
 from giftjax.models.presets import PRESETS
 from giftjax.train import config as config_lib
-from giftjax.train import step as step_lib
+from giftjax.train import logprobs, objectives
 
 P, G, TP, M, V = 4, 4, 6, 5, 64
 B = P * G
@@ -77,13 +77,13 @@ def _sampler_logps(graphdef, params, batch) -> np.ndarray:
 
 
 def _trainer_logps(graphdef, params, batch, mesh) -> np.ndarray:
-    fn = step_lib.logps_fn(graphdef, prompt_len=TP, temperature=1.0, mesh=mesh, rules="fsdp")
+    fn = logprobs.logps_fn(graphdef, prompt_len=TP, temperature=1.0, mesh=mesh, rules="fsdp")
     return np.asarray(fn(params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["attn_mask"])))
 
 
 def _loss(graphdef, params, batch, mesh, name, mode):
     c = _config(name, mode)
-    mb_loss = step_lib.rl_microbatch_loss(graphdef, c, name=name, mesh=mesh, prompt_len=TP)
+    mb_loss = objectives.rl_microbatch_loss(graphdef, c, name=name, mesh=mesh, prompt_len=TP)
     loss, aux = jax.jit(mb_loss)(params, sharding.shard_batch(batch, mesh, "fsdp"))
     return float(loss), jax.device_get(aux)
 

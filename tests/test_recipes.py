@@ -23,8 +23,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from giftjax import sharding as sharding_lib
-from giftjax.train import abstract
 from giftjax.train import config as config_lib
+from giftjax.train import programs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = (
@@ -85,7 +85,7 @@ def test_recipe_validates_and_builds_abstractly(name):
     config_lib.validate(c, num_devices=jax.device_count())
 
     mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
-    progs = {p.name: p for p in abstract.programs(c, mesh)}
+    progs = {p.name: p for p in programs.programs(c, mesh)}
     assert set(progs) == {"train", "logps", "sampler"}  # every recipe takes 4 updates per rollout
     r = c.rollout
     rows, m = r.prompts_per_step * r.group_size, r.max_new_tokens

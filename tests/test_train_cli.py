@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import smoke_cpu
-from giftjax.train.metrics import read_jsonl
+from giftjax.workdir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 _SHORT = smoke_cpu.get_config("short")

@@ -19,7 +19,7 @@ from configs import hybrid_gac_cpu, smoke_cpu
 from giftjax.models import lora
 from giftjax.train import config as config_lib
 from giftjax.train import loop
-from giftjax.train.metrics import read_jsonl
+from giftjax.workdir import read_jsonl
 
 
 def tiny_config(name: str = "gift", **train):

@@ -21,9 +21,9 @@ from precision import decoder_depth, reorder_atol
 from giftjax import losses, models, sharding
 from giftjax.models.presets import PRESETS
 from giftjax.train import config as config_lib
+from giftjax.train import logprobs, objectives, updates
 from giftjax.train import state as state_lib
-from giftjax.train import step as step_lib
-from giftjax.train.hybrid import accumulate_grads
+from giftjax.train.accumulate import accumulate_grads, split_microbatches
 
 P, G, TP, M, V = 8, 4, 6, 5, 64
 
@@ -84,11 +84,11 @@ def test_loss_and_grad_independent_of_micro_batches(mesh, name):
     results = []
     for k in (1, 4):
         c = _config(name, k)
-        mb_loss = step_lib.rl_microbatch_loss(graphdef, c, name=name, mesh=mesh, prompt_len=TP)
+        mb_loss = objectives.rl_microbatch_loss(graphdef, c, name=name, mesh=mesh, prompt_len=TP)
 
         @jax.jit
         def grads(p, b, mb_loss=mb_loss, k=k):
-            mbs = step_lib._split_microbatches(b, k)
+            mbs = split_microbatches(b, k)
             return accumulate_grads(mb_loss, p, mbs, collect_stats=False)
 
         results.append(grads(params, batch))
@@ -109,9 +109,10 @@ def test_update_runs_sharded_without_nan(mesh, name):
     graphdef, state = state_lib.init_state(model, tx, seed=0, keep_reference=True)
     shardings = state_lib.state_shardings(state, mesh, "fsdp")
     state = jax.device_put(state, shardings)
-    update = step_lib.make_rl_update(
+    ctx = updates.UpdateContext.create(
         graphdef, tx, c, mesh=mesh, prompt_len=TP, state_sharding=shardings
     )
+    update = updates.make_rl_update(ctx)
     batch = sharding.shard_batch(_batch(1), mesh, "fsdp")
     before = jax.tree.map(np.asarray, state.params)
     for _ in range(2):
@@ -135,7 +136,7 @@ def test_response_logps_match_full_logits(mesh):
     model = _model(mesh)
     graphdef, params = nnx.split(model)
     b = _batch(2)
-    lp = step_lib.response_logps(
+    lp = logprobs.response_logps(
         graphdef,
         params,
         jnp.asarray(b["tokens"]),
@@ -160,7 +161,7 @@ def test_shared_prompt_logps_and_grads_match_full_rows(mesh):
     b = sharding.shard_batch(_batch(3), mesh, "fsdp")
 
     def total(p, g):
-        lp = step_lib.response_logps(
+        lp = logprobs.response_logps(
             graphdef, p, b["tokens"], b["attn_mask"], prompt_len=TP, temperature=1.0,
             mesh=mesh, rules="fsdp", group_size=g,
         )  # fmt: skip
@@ -186,9 +187,9 @@ def test_grpo_config_overrides_equal_to_loss_defaults_are_honoured(mesh):
     batch = {k: jnp.asarray(v) for k, v in _batch(5).items()}
     c = _config("grpo", 1)
     c.algo.grpo.agg, c.algo.grpo.kl_coef = "token-mean", 0.0
-    mb_loss = step_lib.rl_microbatch_loss(graphdef, c, name="grpo", mesh=mesh, prompt_len=TP)
+    mb_loss = objectives.rl_microbatch_loss(graphdef, c, name="grpo", mesh=mesh, prompt_len=TP)
     loss, _ = jax.jit(mb_loss)(params, batch)
-    logps = step_lib.response_logps(
+    logps = logprobs.response_logps(
         graphdef, params, batch["tokens"], batch["attn_mask"], prompt_len=TP, temperature=1.0,
         mesh=mesh, rules="fsdp", group_size=G,
     )  # fmt: skip

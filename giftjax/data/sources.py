@@ -8,7 +8,9 @@ Keys read (others are ignored here; the trainer validates the whole config):
   `data.eval_size`, `data.wrong_demonstrations` (the share of deliberately wrong
   demonstrations in the train split, default 0); the eval split is the task's held-out split.
 - jsonl, parquet: `data.path` (train), `data.eval_path` (eval), `data.prompt_field` (default
-  "prompt"), `data.answer_field` (default "answer").
+  "prompt"), `data.answer_field` (default "answer"); `data.demonstration_field` and
+  `data.rejected_field` (sft/hybrid demonstrations, DPO's rejected responses), when set, are
+  copied into each record under their own names.
 - gsm8k, math500: local copies of the public data sets in their published JSONL layout,
   `data.path` (train) and `data.eval_path` (eval); the fields are fixed (`NAMED_FIELDS`):
   GSM8K `question` -> prompt, `answer` (the full solution ending in `#### N`, which the
@@ -36,6 +38,8 @@ SOURCES = ("synthetic", "jsonl", "parquet", "gsm8k", "math500", "tfds")
 # The JSONL sources with a known layout: name -> (prompt field, answer field).
 NAMED_FIELDS = {name: (d.prompt_field, d.answer_field) for name, d in DATASETS.items()}
 _SPLITS = ("train", "eval")
+# Config keys naming response columns a file source copies when they are set.
+RESPONSE_FIELDS = ("demonstration_field", "rejected_field")
 
 
 def _get(config_data: Any, key: str, default: Any = ..., *, needed_by: str = "") -> Any:
@@ -92,7 +96,7 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
         )
     if source in ("jsonl", "parquet") or source in NAMED_FIELDS:
         path = _get(config_data, "path" if split == "train" else "eval_path", needed_by=needed_by)
-        demo = _get(config_data, "demonstration_field", "")
+        extra = tuple(f for f in (_get(config_data, k, "") for k in RESPONSE_FIELDS) if f)
         if source in NAMED_FIELDS:
             prompt_field, answer_field = NAMED_FIELDS[source]
         else:
@@ -103,6 +107,6 @@ def get_source(config_data: Any, *, split: str = "train", seed: int = 0):
             path,
             prompt_field=prompt_field,
             answer_field=answer_field,
-            extra_fields=(demo,) if demo else (),
+            extra_fields=tuple(dict.fromkeys(extra)),
         )
     raise ValueError(f"data.source={source!r}; expected one of {SOURCES}.")

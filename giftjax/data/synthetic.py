@@ -9,7 +9,8 @@ are dicts of strings:
 - `answer`: the expected response, e.g. `"27153"` or `"72"`;
 - `demonstration`: the response text for SFT: the answer itself, unless the task was built
   with `wrong_demonstrations > 0` (see `SyntheticTask`); the `answer` (what the reward checks)
-  is always correct.
+  is always correct;
+- `rejected`: a worse response for DPO pairs, `rejected_response(demonstration)`.
 
 Kinds (`KINDS`):
 
@@ -45,6 +46,7 @@ __all__ = [
     "ReverseKind",
     "SyntheticTask",
     "is_wrong_demonstration",
+    "rejected_response",
     "score",
     "synthetic_reward",
     "wrong_answer",
@@ -76,6 +78,13 @@ def wrong_answer(answer: str) -> str:
     """A deliberately wrong demonstration for ``answer``: every digit ``d`` becomes
     ``(d + 1) mod 10`` (same length and format, no digit right: it scores 0.1)."""
     return "".join(str((int(ch) + 1) % 10) for ch in answer)
+
+
+def rejected_response(text: str) -> str:
+    """The ``rejected`` field of an item: its demonstration reversed (or with the last
+    character doubled if it is a palindrome), a deterministic wrong response."""
+    flipped = text[::-1]
+    return flipped if flipped != text else text + text[-1:]
 
 
 def _check_range(name: str, value: Any, low: int) -> tuple[int, int]:
@@ -157,7 +166,8 @@ class SyntheticTask(Sequence):
     Example::
 
         task = SyntheticTask(kind="reverse", split="train", size=1000, seed=0)
-        task[3]  # {"prompt": "reverse 904 =", "answer": "409", "demonstration": "409"}
+        task[3]  # {"prompt": "reverse 904 =", "answer": "409", "demonstration": "409",
+                 #  "rejected": "904"}
 
     Args:
       kind: a name in `KINDS` ("reverse", "add").
@@ -220,7 +230,12 @@ class SyntheticTask(Sequence):
         demo = answer
         if self.wrong_demonstrations and is_wrong_demonstration(i, self.wrong_demonstrations):
             demo = wrong_answer(answer)
-        return {"prompt": prompt, "answer": answer, "demonstration": demo}
+        return {
+            "prompt": prompt,
+            "answer": answer,
+            "demonstration": demo,
+            "rejected": rejected_response(demo),
+        }
 
     def __repr__(self) -> str:
         return (

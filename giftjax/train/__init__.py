@@ -1,4 +1,4 @@
-"""Training: the config, train state, jitted steps, the RL loop, checkpoints, metrics.
+"""Training: the config, run plan, train state, jitted updates, the RL loop, checkpoints, metrics.
 
 This package composes the others (losses, optim, models, sampling, rewards, data).
 ``train(config, workdir)`` runs a config to the end (resuming from the workdir's newest
@@ -7,8 +7,9 @@ are imported on first use, so that ``from giftjax.train import hybrid_step`` sta
 (the loop brings in the data pipeline, the rewards and orbax).
 """
 
+from giftjax.train.accumulate import BranchGrads, accumulate_grads
 from giftjax.train.config import ConfigError, base_config, validate
-from giftjax.train.hybrid import BranchGrads, accumulate_grads, hybrid_step, make_hybrid_step
+from giftjax.train.hybrid import hybrid_step, make_hybrid_step
 
 __all__ = [
     "BranchGrads",

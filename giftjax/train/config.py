@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prompt_field = "prompt"
     c.data.answer_field = "answer"
     c.data.demonstration_field = ""  # JSONL field with a full response (sft/hybrid)
+    c.data.rejected_field = ""  # file data: field with DPO's rejected response ("": none)
     c.data.template = "plain"  # or "chat": the tokenizer's chat template
     c.data.system = ""  # system message for the chat template
     c.data.instruction = ""  # appended to every prompt after a space ("": none)
@@ -223,13 +224,13 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is valid."""
 
 
-def _choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(f"config.{key}={value!r} is not valid; choose one of {allowed}.")
 
 
-def _at_least(key: str, value: float, low: float, what: str = "") -> None:
+def check_at_least(key: str, value: float, low: float, what: str = "") -> None:
     if not value >= low:
         raise ConfigError(f"config.{key}={value!r} must be >= {low}{what}.")
 
@@ -257,183 +258,69 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
     return sizes
 
 
-def _validate_tfds(data: ml_collections.ConfigDict) -> None:
-    """The keys of data.source="tfds" (the folder itself is checked when the source is built)."""
-    # Imported here: giftjax.data (grain, tokenizers) costs seconds, and only tfds needs it.
-    from giftjax.data import published
-
-    _choice("data.tfds_name", data.tfds_name, sorted(published.DATASETS))
-    splits = published.DATASETS[data.tfds_name].splits
-    _choice("data.tfds_split", data.tfds_split, splits)
-    _choice("data.tfds_eval_split", data.tfds_eval_split, ("", *splits))
-    if not data.path:
-        raise ConfigError(
-            "config.data.source='tfds' needs config.data.path: the folder written by "
-            f"`python -m giftjax.data.prepare {data.tfds_name} --out DIR` (DIR)."
-        )
-    if data.demonstration_field:
-        raise ConfigError(
-            f"config.data.demonstration_field={data.demonstration_field!r} is not available "
-            "with config.data.source='tfds' (its records hold a prompt and an answer); use "
-            "source='jsonl' or 'parquet' for demonstrations."
-        )
-
-
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Checks every value types cannot; raises ConfigError naming the key and the fix."""
+    from giftjax.train import config_checks as checks  # it imports this module's lists
+
     c = config
-    _choice("algo.name", c.algo.name, ALGOS)
-    _choice("algo.reference", c.algo.reference, REFERENCES)
-    _choice("model.dtype", c.model.dtype, DTYPES)
-    _choice("model.param_dtype", c.model.param_dtype, DTYPES)
-    _choice("model.remat", c.model.remat, REMATS)
-    _choice("mesh.rules", c.mesh.rules, ("fsdp", "fsdp_tp"))
-    _choice("data.source", c.data.source, DATA_SOURCES)
-    _choice("data.template", c.data.template, TEMPLATES)
-    _choice("reward.executor", c.reward.executor, EXECUTORS)
-    _choice("optim.schedule", c.optim.schedule, SCHEDULES)
-    _choice("algo.hybrid.rl", c.algo.hybrid.rl, ("gift", *GRPO_FAMILY))
-    _choice("algo.gift.preset", c.algo.gift.preset, ("", "author"))
-    _choice("rollout.old_logps", c.rollout.old_logps, OLD_LOGPS)
+    check_choice("algo.name", c.algo.name, ALGOS)
+    check_choice("algo.reference", c.algo.reference, REFERENCES)
+    check_choice("model.dtype", c.model.dtype, DTYPES)
+    check_choice("model.param_dtype", c.model.param_dtype, DTYPES)
+    check_choice("model.remat", c.model.remat, REMATS)
+    check_choice("mesh.rules", c.mesh.rules, ("fsdp", "fsdp_tp"))
+    check_choice("data.source", c.data.source, DATA_SOURCES)
+    check_choice("data.template", c.data.template, TEMPLATES)
+    check_choice("reward.executor", c.reward.executor, EXECUTORS)
+    check_choice("optim.schedule", c.optim.schedule, SCHEDULES)
+    check_choice("algo.hybrid.rl", c.algo.hybrid.rl, ("gift", *GRPO_FAMILY))
+    check_choice("algo.gift.preset", c.algo.gift.preset, ("", "author"))
+    check_choice("rollout.old_logps", c.rollout.old_logps, OLD_LOGPS)
     if not c.rollout.tis_cap >= 1.0:
         raise ConfigError(
             f"config.rollout.tis_cap={c.rollout.tis_cap!r} must be >= 1 (the truncated "
             "importance weight min(exp(trainer - sampler), cap) must allow weight 1)."
         )
-    _validate_lora(c.model.lora)
+    checks.check_lora(c.model.lora)
     if not c.model.hf_path and not c.model.preset:
         raise ConfigError("config.model.preset is empty and config.model.hf_path is not set.")
-    if c.data.source in FILE_SOURCES and not c.data.path:
-        kind = "parquet" if c.data.source == "parquet" else "jsonl"
-        raise ConfigError(
-            f"config.data.source={c.data.source!r} needs config.data.path (a local .{kind} file "
-            "of the training split)."
-        )
-    if c.data.source == "tfds":
-        _validate_tfds(c.data)
+    checks.check_data(c)
 
     r = c.rollout
     for key in ("prompts_per_step", "group_size", "max_new_tokens"):
-        _at_least(f"rollout.{key}", r[key], 1)
-    _at_least("rollout.temperature", r.temperature, 0.0, " (0 is greedy)")
+        check_at_least(f"rollout.{key}", r[key], 1)
+    check_at_least("rollout.temperature", r.temperature, 0.0, " (0 is greedy)")
     if not 0.0 < r.top_p <= 1.0:
         raise ConfigError(f"config.rollout.top_p={r.top_p!r} must be in (0, 1] (1 disables).")
-    _at_least("rollout.top_k", r.top_k, 0, " (0 disables)")
+    check_at_least("rollout.top_k", r.top_k, 0, " (0 disables)")
     if c.algo.name in RL_ALGOS and r.temperature == 0 and r.group_size > 1:
         raise ConfigError(
             "config.rollout.temperature=0 (greedy) makes the G samples of a prompt identical, "
             "so every group has zero reward variance; use a temperature > 0."
         )
-    _at_least("data.max_prompt_len", c.data.max_prompt_len, 1)
-    _at_least("data.max_response_len", c.data.max_response_len, 1)
-    w = c.data.wrong_demonstrations
-    if not 0.0 <= w <= 1.0:
-        raise ConfigError(f"config.data.wrong_demonstrations={w!r} must be a fraction in [0, 1].")
-    if w and c.data.source != "synthetic":
-        raise ConfigError(
-            f"config.data.wrong_demonstrations={w!r} applies to data.source='synthetic' only "
-            f"(data.source={c.data.source!r}); corrupt a JSONL file's demonstrations in the file."
-        )
     for key in ("steps", "updates_per_rollout", "micro_batches"):
-        _at_least(f"train.{key}", c.train[key], 1)
-    _at_least("train.warmup_sft_steps", c.train.warmup_sft_steps, 0)
-    _at_least("checkpoint.every", c.checkpoint.every, 1)
-    _at_least("checkpoint.keep", c.checkpoint.keep, 1)
-    _at_least("log.every", c.log.every, 1)
-    _at_least("log.samples", c.log.samples, 0)
-    _at_least("eval.every", c.eval.every, 0, " (0 disables)")
-    _at_least("eval.num_samples", c.eval.num_samples, 1)
-    _at_least("reward.time_limit", c.reward.time_limit, 1e-3)
-    _at_least("reward.workers", c.reward.workers, 1)
-    _at_least("optim.learning_rate", c.optim.learning_rate, 0.0)
-    _at_least("optim.clip_norm", c.optim.clip_norm, 0.0, " (0 disables)")
-    _at_least("optim.warmup_steps", c.optim.warmup_steps, 0)
+        check_at_least(f"train.{key}", c.train[key], 1)
+    check_at_least("train.warmup_sft_steps", c.train.warmup_sft_steps, 0)
+    check_at_least("checkpoint.every", c.checkpoint.every, 1)
+    check_at_least("checkpoint.keep", c.checkpoint.keep, 1)
+    check_at_least("log.every", c.log.every, 1)
+    check_at_least("log.samples", c.log.samples, 0)
+    check_at_least("eval.every", c.eval.every, 0, " (0 disables)")
+    check_at_least("eval.num_samples", c.eval.num_samples, 1)
+    check_at_least("reward.time_limit", c.reward.time_limit, 1e-3)
+    check_at_least("reward.workers", c.reward.workers, 1)
+    check_at_least("optim.learning_rate", c.optim.learning_rate, 0.0)
+    check_at_least("optim.clip_norm", c.optim.clip_norm, 0.0, " (0 disables)")
+    check_at_least("optim.warmup_steps", c.optim.warmup_steps, 0)
     weights = dict(c.reward.weights)
     if c.algo.name in RL_ALGOS and not weights:
         raise ConfigError("config.reward.weights is empty; name at least one reward function.")
     for name, w in weights.items():
         if not isinstance(w, int | float) or not math.isfinite(w):
             raise ConfigError(f"config.reward.weights.{name}={w!r} must be a finite number.")
-
-    sizes = mesh_shape(c, num_devices)
-    data_ways = sizes["data"] * sizes["fsdp"]
-    k = c.train.micro_batches
-    if c.algo.name in RL_ALGOS:
-        p, g, u = r.prompts_per_step, r.group_size, c.train.updates_per_rollout
-        if p % u:
-            raise ConfigError(
-                f"config.train.updates_per_rollout={u} must divide "
-                f"config.rollout.prompts_per_step={p}: each update takes whole groups. "
-                f"Valid values: {_divisors(p)}."
-            )
-        groups = p // u
-        if groups % k:
-            raise ConfigError(
-                f"config.train.micro_batches={k} must divide the {groups} groups of each update "
-                f"(prompts_per_step / updates_per_rollout): micro-batches hold whole groups. "
-                f"Valid values: {_divisors(groups)}."
-            )
-        rows = p * g // (u * k)
-        if rows % data_ways:
-            raise ConfigError(
-                f"a micro-batch of {rows} rows (P*G / (updates_per_rollout * micro_batches) = "
-                f"{p}*{g} / ({u}*{k})) is not divisible by the mesh's data axes "
-                f"(data*fsdp = {data_ways}); change config.rollout.prompts_per_step, "
-                f"config.rollout.group_size, config.train.micro_batches or config.mesh."
-            )
-    if c.algo.name in OFFLINE_ALGOS or c.algo.name == "hybrid" or c.train.warmup_sft_steps:
-        # Demonstration / preference batches: P rows, placed over the data axes.
-        p = r.prompts_per_step
-        if p % k or (p // k) % data_ways:
-            raise ConfigError(
-                f"config.rollout.prompts_per_step={p} (the rows of a demonstration batch) must "
-                f"split into config.train.micro_batches={k} micro-batches each divisible by the "
-                f"mesh's data axes (data*fsdp = {data_ways})."
-            )
+    checks.check_batches(c, num_devices)
     if c.algo.name == "hybrid":
-        _choice("algo.gac.mode", c.algo.gac.mode, ("adaptive", "fixed", "prior"))
-        _choice("algo.gac.smoothing", c.algo.gac.smoothing, ("separate", "anchored"))
-        _choice("algo.gac.estimator", c.algo.gac.estimator, ("gradient", "proxy"))
-        if c.algo.gac.estimator == "gradient" and k < 2:
-            raise ConfigError(
-                "config.algo.gac.estimator='gradient' measures noise from the spread of the "
-                "micro-batch gradients: set config.train.micro_batches >= 2 (it is 1)."
-            )
-        if c.algo.gac.mode == "adaptive" and not c.algo.gac.collect_stats:
-            raise ConfigError(
-                "config.algo.gac.collect_stats=False leaves the adaptive controller without "
-                "statistics (mu would never leave its prior path); use it only with "
-                "config.algo.gac.mode='fixed' or 'prior'."
-            )
-
-
-def _validate_lora(lora: ml_collections.ConfigDict) -> None:
-    _at_least("model.lora.rank", lora.rank, 0, " (0 turns LoRA off)")
-    if lora.rank == 0:
-        if lora.train_norms:
-            raise ConfigError(
-                "config.model.lora.train_norms=True needs LoRA on: set config.model.lora.rank "
-                "> 0 (with rank 0 every weight, the norms included, trains already)."
-            )
-        return
-    if not lora.alpha > 0:
-        raise ConfigError(f"config.model.lora.alpha={lora.alpha!r} must be > 0.")
-    if lora.dropout != 0:
-        raise ConfigError(
-            f"config.model.lora.dropout={lora.dropout!r}: only 0 is supported (LoRA dropout "
-            "would make the trainer's log-probs random and unequal to the sampler's)."
-        )
-    names = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
-    unknown = [t for t in names if t not in LORA_TARGETS]
-    if unknown or not names:
-        raise ConfigError(
-            f"config.model.lora.targets={lora.targets!r}: unknown or empty {unknown}; "
-            f"choose comma-separated names among {LORA_TARGETS}."
-        )
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+        checks.check_gac(c)
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The training loop: rollout, updates, metrics, evaluation and checkpoints, resumable.
 
 ``train(config, workdir)`` runs ``train.warmup_sft_steps`` SFT steps on demonstrations (if
-any), then ``train.steps`` steps of ``algo.name``. The frozen reference of
-``algo.reference="initial"`` (and of dpo) is the model after the warm-up. For the RL
-algorithms one step is::
+any), then ``train.steps`` steps of ``algo.name``, each running the passes its run plan
+(:class:`giftjax.train.plan.RunPlan`) names. The frozen reference of
+``algo.reference="initial"`` (and of dpo) is the model after the warm-up. An RL step is::
 
     rows = next(data)                                  # P prompts (grain, per host)
     rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
@@ -37,50 +37,31 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from giftjax import data as data_lib
 from giftjax import distributed, losses, models, rewards
 from giftjax import sharding as sharding_lib
+from giftjax import workdir as workdir_lib
 from giftjax.train import checkpoint as ckpt_lib
 from giftjax.train import config as config_lib
 from giftjax.train import evaluate as eval_lib
+from giftjax.train import metrics as metrics_lib
 from giftjax.train import rollout as rollout_lib
+from giftjax.train import run_config
 from giftjax.train import state as state_lib
-from giftjax.train import step as step_lib
+from giftjax.train import updates as updates_lib
+from giftjax.train.logprobs import make_logps_fn
 from giftjax.train.metrics import MetricsLogger
+from giftjax.train.plan import RunPlan
+from giftjax.train.stop import StopSignal
 
 log = logging.getLogger("giftjax")
-
-
-def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
-    """The run's tokenizer; it must have a pad token and an EOS token."""
-    name = config.model.tokenizer or config.model.hf_path
-    if name == "synthetic":
-        tok = data_lib.build_tokenizer()
-    else:
-        if not os.path.isdir(name):
-            raise ValueError(
-                f"config.model.tokenizer={name!r} is not a folder; give a local tokenizer "
-                "folder (or 'synthetic' for the synthetic task's tokenizer)."
-            )
-        tok = models.load_tokenizer(name)
-    if tok.pad_token_id is None:
-        raise ValueError(
-            f"the tokenizer {name!r} has no pad token: set one (e.g. "
-            "tokenizer.pad_token = tokenizer.eos_token, then save_pretrained) and point "
-            "config.model.tokenizer at the saved folder."
-        )
-    if tok.eos_token_id is None:
-        raise ValueError(f"the tokenizer {name!r} has no EOS token; responses could never end.")
-    return tok
 
 
 class Trainer:
@@ -90,7 +71,7 @@ class Trainer:
       config: the run's config (validated here).
       workdir: the run's directory; a training run resumes from its newest checkpoint.
       read_only: open an existing run for evaluation only (``python -m giftjax.eval``):
-        config.json must exist and may differ only in ``checkpoint.EVAL_KEYS``; nothing is
+        config.json must exist and may differ only in ``run_config.EVAL_KEYS``; nothing is
         written (no config.json, metrics, data iterator or reward error log) and no checkpoint
         is restored until :meth:`restore` is called. :meth:`run` is refused.
     """
@@ -105,99 +86,27 @@ class Trainer:
         c = config
         self.is_main = jax.process_index() == 0
         self.mesh = sharding_lib.make_mesh(config_lib.mesh_shape(c, jax.device_count()))
-        _check_processes(c, self.mesh)
         self.rules = sharding_lib.get_rules(c.mesh.rules)
-        self.tokenizer = load_tokenizer(c)
+        self.tokenizer = state_lib.load_tokenizer(c)
         self.train_source, self.eval_sources = eval_lib.sources(c.data, seed=c.seed)
 
-        vocab = len(self.tokenizer)
-        model = state_lib.build_model(c, self.mesh, vocab_size=_round_up(vocab, 8))
-        if model.config.vocab_size < vocab:
-            raise ValueError(
-                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
-                f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
-            )
-        model, self.base_graphdef = state_lib.apply_lora(model, c, self.mesh)
-        self.lora = step_lib.is_lora(c)
-        self.warmup = c.train.warmup_sft_steps
-        self.total_steps = self.warmup + c.train.steps
-        self.tx = state_lib.make_optimizer(c, self._updates_before(self.total_steps))
-        self.graphdef, state = state_lib.init_state(
-            model,
-            self.tx,
-            seed=c.seed,
-            keep_reference=state_lib.keeps_reference(c),
-            lora=self.lora,
-        )
-        self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
-        self.state = jax.device_put(state, self.state_sharding)
-        del model, state
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.num_params = state_lib.num_params(self.state.params)
-
-        tp = c.data.max_prompt_len
-        param_sh = self.state_sharding.params
-        self.logps = step_lib.make_logps_fn(
-            self.graphdef,
-            c,
-            mesh=self.mesh,
-            prompt_len=tp,
-            temperature=c.rollout.temperature,
-            param_sharding=param_sh,
-            group_size=step_lib.rollout_group_size(c),
-        )
-        # Log-probs under the initial model: the kept copy, or with LoRA the base weights of
-        # the policy's own state run through the base graphdef (adapters off).
-        ref_graphdef, ref_sh = self.graphdef, param_sh
-        if self.lora:
-            ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
-        # Rollout rows share their prompt in groups; demonstrations (temperature 1) do not.
-        self.ref_logps, self.demo_ref_logps = (
-            step_lib.make_logps_fn(
-                ref_graphdef, c, mesh=self.mesh, prompt_len=tp, temperature=t,
-                param_sharding=ref_sh, group_size=g,
-            )
-            for t, g in ((c.rollout.temperature, step_lib.rollout_group_size(c)), (1.0, 1))
-        )  # fmt: skip
-        kw = {"mesh": self.mesh, "prompt_len": tp, "state_sharding": self.state_sharding}
-        name = c.algo.name
-        self.sft_update = None
-        if self.warmup or name == "sft":
-            self.sft_update = step_lib.make_sft_update(
-                self.graphdef, self.tx, c, weighting=c.algo.sft.weighting, **kw
-            )
-        # An SFT run's update is the warm-up's (one jit, compiled once).
-        self.update = (
-            self.sft_update
-            if name == "sft"
-            else step_lib.make_update(self.graphdef, self.tx, c, **kw)
-        )
-        rl_name = c.algo.hybrid.rl if name == "hybrid" else name
-        self.rl_name = rl_name
-        # pi_old pass: with rollout.old_logps="sampler" the GRPO family takes pi_old from the
-        # sampler, so the pass runs only where a KL to pi_old needs it (GIFT's implicit reward
-        # always uses the trainer's own log-probs).
-        sampler_old = c.rollout.old_logps == "sampler" and rl_name in config_lib.GRPO_FAMILY
-        needs_pi_old_ref = step_lib.uses_kl(c, rl_name) and c.algo.reference == "old"
-        self.needs_old = (
-            c.train.updates_per_rollout > 1
-            and rl_name in step_lib.RL_LOSSES
-            and (not sampler_old or needs_pi_old_ref)
-        )
-        self.needs_ref = c.algo.reference == "initial" and (
-            rl_name == "gift" or step_lib.uses_kl(c, rl_name) or name == "dpo"
-        )
-        self.schedule = state_lib.learning_rate_schedule(c, self._updates_before(self.total_steps))
+        self.plan = plan = RunPlan.from_config(c, jax.device_count())
+        plan.check_processes(jax.process_count())
+        self.lora, self.warmup, self.total_steps = plan.lora, plan.warmup_steps, plan.total_steps
+        self.rl_name = plan.rl_loss
+        self._build_state(c)
+        self._build_programs(c)
+        self.schedule = state_lib.learning_rate_schedule(c, plan.total_updates)
 
         self.checkpointer = ckpt_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
+            os.path.join(workdir, workdir_lib.CHECKPOINTS),
             every=c.checkpoint.every,
             keep=c.checkpoint.keep,
             async_save=c.checkpoint.async_save,
             read_only=read_only,
         )
-        allow = ckpt_lib.EVAL_KEYS if read_only else ckpt_lib.RESUMABLE_KEYS
-        ckpt_lib.check_config(workdir, config_lib.to_dict(c), allow=allow, write=not read_only)
+        allow = run_config.EVAL_KEYS if read_only else run_config.RESUMABLE_KEYS
+        run_config.check_config(workdir, config_lib.to_dict(c), allow=allow, write=not read_only)
         self.base_key = jax.random.wrap_key_data(jax.device_get(self.state.rng))
         self.start_step = 0
         writes_log = self.is_main and not read_only
@@ -206,7 +115,7 @@ class Trainer:
             time_limit=c.reward.time_limit,
             workers=c.reward.workers,
             executor=c.reward.executor,
-            error_log=os.path.join(workdir, "reward_errors.jsonl") if writes_log else None,
+            error_log=os.path.join(workdir, workdir_lib.REWARD_ERRORS) if writes_log else None,
         )
         self.data = None
         self.logger = None
@@ -227,17 +136,59 @@ class Trainer:
             if data_state is not None:
                 self.data.set_state(data_state)
             self.start_step = latest
-        self.logger = MetricsLogger(
-            workdir,
-            total_steps=self.total_steps,
-            is_main=self.is_main,
-            tensorboard=c.log.tensorboard,
-            progress=c.log.progress,
-            wandb={"project": c.log.wandb_project} if c.log.wandb_project else None,
-            config=config_lib.to_dict(c),
-        )
+        self.logger = MetricsLogger.for_run(c, workdir, self.total_steps, is_main=self.is_main)
         if latest is not None:
             self.logger.resume(latest)
+
+    def _build_state(self, c: ml_collections.ConfigDict) -> None:
+        """The policy (with its adapters), the optimiser and the placed train state."""
+        vocab = len(self.tokenizer)
+        model = state_lib.build_model(c, self.mesh, vocab_size=sharding_lib.round_up(vocab, 8))
+        if model.config.vocab_size < vocab:
+            raise ValueError(
+                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
+                f"tokenizer's ({vocab}); set config.model.vocab_size >= {vocab}."
+            )
+        model, self.base_graphdef = state_lib.add_lora(model, c, self.mesh)
+        self.tx = state_lib.make_optimizer(c, self.plan.total_updates)
+        self.graphdef, state = state_lib.init_state(
+            model, self.tx, seed=c.seed, keep_reference=self.plan.keeps_reference, lora=self.lora
+        )
+        self.state_sharding = state_lib.state_shardings(state, self.mesh, self.rules)
+        self.state = jax.device_put(state, self.state_sharding)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.num_params = state_lib.num_params(self.state.params)
+
+    def _build_programs(self, c: ml_collections.ConfigDict) -> None:
+        """The jitted passes the plan runs: the update (and the warm-up's SFT update) and the
+        no-gradient log-prob passes (pi_old under the policy, the reference under the initial
+        model: the kept copy, or with LoRA the base weights through the base graphdef)."""
+        plan, tp = self.plan, c.data.max_prompt_len
+        self.update_ctx = ctx = updates_lib.UpdateContext.create(
+            self.graphdef, self.tx, c, mesh=self.mesh, state_sharding=self.state_sharding
+        )
+        self.update = updates_lib.make_update(ctx)
+        # An SFT run's update is the warm-up's (one jit, compiled once).
+        self.sft_update = None
+        if plan.builds_sft_update:
+            self.sft_update = (
+                self.update if plan.family == "sft" else updates_lib.make_sft_update(ctx)
+            )
+        param_sh = self.state_sharding.params
+        ref_graphdef, ref_sh = self.graphdef, param_sh
+        if self.lora:
+            ref_graphdef, ref_sh = self.base_graphdef, models.lora.base_state(param_sh)
+        # Rollout rows share their prompt in groups; demonstrations (temperature 1) do not.
+        rollout = {"temperature": c.rollout.temperature, "group_size": plan.logps_group_size}
+        demo = {"temperature": 1.0, "group_size": 1}
+        kw = {"mesh": self.mesh, "prompt_len": tp}
+        # Built whatever the plan (jax.jit compiles on first call); _rl_step and _dpo_step
+        # call them as plan.needs_old / plan.needs_ref say.
+        self.logps = make_logps_fn(self.graphdef, c, param_sharding=param_sh, **rollout, **kw)
+        self.ref_logps, self.demo_ref_logps = (
+            make_logps_fn(ref_graphdef, c, param_sharding=ref_sh, **t, **kw)
+            for t in (rollout, demo)
+        )
 
     def restore(self, step: int) -> Any:
         """Loads checkpoint ``step`` into the state (and the base key from it); returns the
@@ -249,15 +200,6 @@ class Trainer:
         return data_state
 
     # --------------------------------------------------------------------------------------
-
-    def _updates_per_step(self) -> int:
-        name = self.config.algo.name
-        return self.config.train.updates_per_rollout if name in config_lib.RL_ALGOS else 1
-
-    def _updates_before(self, step: int) -> int:
-        """Optimiser updates made before ``step`` (warm-up steps make one each)."""
-        w = min(step, self.warmup)
-        return w + max(step - self.warmup, 0) * self._updates_per_step()
 
     def _set_step(self, step: int) -> None:
         self.state = self.state.replace(step=jax.device_put(jnp.int32(step), self.replicated))
@@ -273,7 +215,7 @@ class Trainer:
             log.info("workdir already holds the final checkpoint (step %d)", self.start_step)
             self.close()
             return last
-        with ckpt_lib.StopSignal() as stop:
+        with StopSignal() as stop:
             for step in range(self.start_step, self.total_steps):
                 metrics = self.step(step)
                 done = step + 1
@@ -300,9 +242,8 @@ class Trainer:
         """Runs step ``step`` (0-based): the next data batch, then a warm-up SFT update or the
         algorithm's step. Returns its metrics (host floats, ``time/...`` included); the
         state's step counter becomes ``step + 1``."""
-        c = self.config
         t0 = time.perf_counter()
-        rows = _records(next(self.data))
+        rows = rollout_lib.records(next(self.data))
         key = jax.random.fold_in(self.base_key, step)
         if step < self.warmup:
             metrics = self._warmup_step(rows)
@@ -312,15 +253,12 @@ class Trainer:
                 ref = jax.tree.map(jnp.copy, self.state.params)
                 ref = jax.device_put(ref, self.state_sharding.ref_params)
                 self.state = self.state.replace(ref_params=ref)
-        elif c.algo.name in config_lib.RL_ALGOS:
-            metrics = self._rl_step(rows, key, step)
-        elif c.algo.name == "dpo":
-            metrics = self._dpo_step(rows)
-        else:
-            metrics = self._sft_step(rows)
+        else:  # the plan's family: rl and hybrid sample, dpo and sft train on the rows
+            family_step = {"dpo": self._dpo_step, "sft": self._sft_step}.get(self.plan.family)
+            metrics = family_step(rows) if family_step else self._rl_step(rows, key, step)
         done = step + 1
         self._set_step(done)
-        metrics["lr"] = float(self.schedule(max(self._updates_before(done) - 1, 0)))
+        metrics["lr"] = float(self.schedule(max(self.plan.updates_before(done) - 1, 0)))
         metrics["time/step"] = time.perf_counter() - t0
         return metrics
 
@@ -333,19 +271,20 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------
 
-    def _warmup_step(self, rows) -> dict[str, float]:
+    def _sft_step(self, rows, update=None) -> dict[str, float]:
+        """One SFT update on the rows' demonstrations: ``update`` (the warm-up's) or the
+        run's own (the sft algorithm)."""
         t0 = time.perf_counter()
         batch = rollout_lib.demonstration_batch(
             rows, tokenizer=self.tokenizer, config=self.config, mesh=self.mesh
         )
-        self.state, m = self.sft_update(self.state, batch)
-        out = _floats(m)
-        out["phase/sft_warmup"] = 1.0
+        self.state, m = (update or self.update)(self.state, batch)
+        out = metrics_lib.host_floats(m)
         out["time/update"] = time.perf_counter() - t0
         return out
 
-    def _sft_step(self, rows) -> dict[str, float]:
-        return {k: v for k, v in self._warmup_step(rows).items() if k != "phase/sft_warmup"}
+    def _warmup_step(self, rows) -> dict[str, float]:
+        return {**self._sft_step(rows, self.sft_update), "phase/sft_warmup": 1.0}
 
     def _dpo_step(self, rows) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -359,7 +298,7 @@ class Trainer:
             batch[f"ref_{side}"] = losses.sequence_logps(lp, batch[f"{side}_mask"])
         t_ref = time.perf_counter() - t_ref
         self.state, m = self.update(self.state, batch)
-        out = _floats(m)
+        out = metrics_lib.host_floats(m)
         out["time/reference"] = t_ref
         out["time/update"] = time.perf_counter() - t0 - t_ref
         return out
@@ -384,101 +323,53 @@ class Trainer:
             key=key,
             step=step + 1,
         )
-        batch: dict[str, jax.Array] = {
-            "tokens": ro.tokens,
-            "attn_mask": ro.attn_mask,
-            "resp_mask": ro.resp_mask,
-            "rewards": ro.rewards,
-            "sampler_logps": ro.sampler_logps,
-        }
+        plan = self.plan
+        batch = ro.batch()
         t_ref = time.perf_counter()
-        if self.rl_name in losses.grpo.GRPO_PRESETS:
+        if plan.advantage is not None:
             batch["advantages"] = _advantages(
-                ro.rewards,
-                group_size=c.rollout.group_size,
-                method=step_lib.advantage_method(c, self.rl_name),
+                ro.rewards, group_size=c.rollout.group_size, method=plan.advantage
             )
-        if self.needs_old:
+        if plan.needs_old:
             batch["old_logps"] = self.logps(self.state.params, ro.tokens, ro.attn_mask)
-        if self.needs_ref:
+        if plan.needs_ref:
             ref = self._reference_params()
             batch["ref_logps"] = self.ref_logps(ref, ro.tokens, ro.attn_mask)
-        elif self.needs_old and (self.rl_name == "gift" or step_lib.uses_kl(c, self.rl_name)):
+        elif plan.ref_from_old:
             batch["ref_logps"] = batch["old_logps"]  # reference "old": pi_old
         jax.block_until_ready(batch)
         t_ref = time.perf_counter() - t_ref
 
         t_upd = time.perf_counter()
-        u = c.train.updates_per_rollout
-        rows_per_update = ro.tokens.shape[0] // u
-        sft_batch = None
-        if c.algo.name == "hybrid":
-            sft_batch = rollout_lib.demonstration_batch(
-                rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
+        batches = [batch]
+        if plan.family == "hybrid":
+            batches.append(
+                rollout_lib.demonstration_batch(
+                    rows, tokenizer=self.tokenizer, config=c, mesh=self.mesh
+                )
             )
-            demos_per_update = sft_batch["tokens"].shape[0] // u
         per_update = []
-        for i in range(u):
-            part = {k: v[i * rows_per_update : (i + 1) * rows_per_update] for k, v in batch.items()}
-            if sft_batch is None:
-                self.state, m = self.update(self.state, part)
-            else:
-                demo = {
-                    k: v[i * demos_per_update : (i + 1) * demos_per_update]
-                    for k, v in sft_batch.items()
-                }
-                self.state, m = self.update(self.state, part, demo)
+        for i in range(plan.updates_per_step):  # whole groups (and demonstrations) per update
+            parts = [
+                {k: v[i * n : (i + 1) * n] for k, v in b.items()}
+                for b, n in zip(batches, plan.rows_per_update, strict=True)
+            ]
+            self.state, m = self.update(self.state, *parts)
             per_update.append(m)
-        out = _mean_metrics(per_update)
+        out = metrics_lib.mean_host_floats(per_update)
         for key in ("logprob/mismatch", "logprob/tis_truncated", "logprob/tis_weight_mean"):
             if key in per_update[0]:  # the first update's (the weights were the sampler's)
                 out[key] = float(per_update[0][key])
         t_upd = time.perf_counter() - t_upd
-
-        # Each host scored its own rows: gather them (in process order, so the values are the
-        # global batch's, as one host would have them) before reducing.
-        r = distributed.allgather(ro.host_rewards)
-        lengths = distributed.allgather(ro.host_lengths)
-        errors = distributed.allgather(np.array([ro.reward_errors], np.int64)).sum()
-        per_fn = {k: distributed.allgather(v) for k, v in sorted(ro.per_fn.items())}
         out.update(
-            {
-                "reward/mean": float(r.mean()),
-                "reward/std": float(r.std()),
-                "reward/errors": float(errors),
-                "response/length_mean": float(lengths.mean()),
-                "time/rollout": ro.seconds["rollout"],
-                "time/reward": ro.seconds["reward"],
-                "time/reference": t_ref,
-                "time/update": t_upd,
-            }
+            metrics_lib.rollout_metrics(
+                ro, prompt_len=c.data.max_prompt_len, seconds={"reference": t_ref, "update": t_upd}
+            )
         )
-        for name, values in per_fn.items():
-            if len(per_fn) > 1:
-                out[f"reward/{name}"] = float(np.mean(values))
-        total = ro.seconds["rollout"] + ro.seconds["reward"] + t_ref + t_upd
-        n_tokens = float(lengths.sum() + ro.tokens.shape[0] * c.data.max_prompt_len)
-        out["tokens/per_sec"] = n_tokens / max(total, 1e-9)
         if self.is_main and c.log.samples and (step + 1) % c.log.every == 0:
-            self._log_samples(step + 1, ro)
+            rows = metrics_lib.sample_rows(ro, group_size=plan.samples, prompts=c.log.samples)
+            self.logger.log_samples(step + 1, rows)
         return out
-
-    def _log_samples(self, step: int, ro: rollout_lib.Rollout) -> None:
-        g = self.config.rollout.group_size
-        r = ro.rewards_host
-        rows = []
-        for p in range(min(self.config.log.samples, len(ro.prompts))):
-            for j in range(g):
-                i = p * g + j
-                row = {
-                    "prompt": ro.prompts[p],
-                    "completion": ro.completions[i],
-                    "reward": float(r[i]),
-                }
-                if "answer" in ro.columns:
-                    row["answer"] = ro.columns["answer"][p]
-                rows.append(row)
-        self.logger.log_samples(step, rows)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """The ``eval/...`` metrics of the current parameters as the run logs them at ``step``
@@ -498,44 +389,6 @@ class Trainer:
 
 
 _advantages = jax.jit(losses.group_advantages, static_argnames=("group_size", "method"))
-
-
-def _records(batch: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
-    """A collated batch ``{field: [values]}`` as one dict per row."""
-    keys = list(batch)
-    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    host = jax.device_get(dict(metrics))
-    return {k: float(v) for k, v in host.items()}
-
-
-def _mean_metrics(per_update: list[Mapping[str, Any]]) -> dict[str, float]:
-    host = [jax.device_get(dict(m)) for m in per_update]
-    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-
-
-def _check_processes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    """In a multi-process run, each process reads P / n prompts per step and must hold whole
-    rows of every batch: P must divide by the number of processes n and by the data axes'
-    size (data x fsdp), which itself must divide by n."""
-    n = jax.process_count()
-    if n == 1:
-        return
-    p = config.rollout.prompts_per_step
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if ways % n or p % ways:
-        raise config_lib.ConfigError(
-            f"rollout.prompts_per_step={p} with mesh {dict(mesh.shape)} on {n} processes: a "
-            f"multi-host run needs data x fsdp ({ways}) to be a multiple of the process count "
-            f"({n}) and prompts_per_step a multiple of data x fsdp, so that each host samples, "
-            f"decodes and scores whole prompts of its own."
-        )
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

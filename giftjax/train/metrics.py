@@ -7,7 +7,8 @@ Files under WORKDIR (the layout in README.md, "What a run writes"):
   precision (``json`` writes the shortest repr that reads back to the same float64, and float32
   values convert to float64 exactly); integer values stay integers. Non-finite values are kept:
   ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity``, which Python's ``json`` (and
-  :func:`read_jsonl`) reads back. Each line is flushed when written, so a process killed at any
+  :func:`giftjax.workdir.read_jsonl`)
+  reads back. Each line is flushed when written, so a process killed at any
   moment leaves at most one partial last line, which readers drop.
 - ``samples.jsonl``: one object per sample row, ``{"step": int, **row}``.
 - ``tensorboard/``: event files written by tensorboardX (no TensorFlow needed).
@@ -19,10 +20,8 @@ with a later step (and TensorBoard's later events), so each step appears exactly
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,85 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_jsonl"]
+from giftjax import distributed
+from giftjax import workdir as workdir_lib
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["MetricsLogger"]
+
 
 # Progress-bar postfix: metric key -> label.
 _POSTFIX = (("reward/mean", "reward"), ("loss", "loss"), ("time/step", "s/step"))
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, dropping a partial last line (a writer killed mid-line).
-
-    Args:
-      path: a ``.jsonl`` file written by :class:`MetricsLogger`.
-
-    Returns:
-      The rows in file order; ``[]`` if the file is missing or empty.
-
-    Raises:
-      ValueError: a line other than the last is not valid JSON (the file was edited or
-        corrupted otherwise); the message gives the line number.
-    """
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        # Every complete line ends with "\n": the last piece is "" or a write cut short.
-        complete = f.read().split("\n")[:-1]
-    rows = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({e}).") from e
-    return rows
-
-
-def _truncate_partial_line(path: str) -> None:
-    """Cut a partial last line, so that appended rows start on a line of their own."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        # Walk back to the last newline.
-        pos, chunk = size, 4096
-        while pos > 0:
-            start = max(0, pos - chunk)
-            f.seek(start)
-            block = f.read(pos - start)
-            idx = block.rfind(b"\n")
-            if idx >= 0:
-                f.truncate(start + idx + 1)
-                return
-            pos = start
-        f.truncate(0)
-
-
-def _rewrite_up_to(path: str, last_step: int) -> None:
-    """Keep rows with ``step <= last_step``, atomically (temp file + os.replace)."""
-    if not os.path.exists(path):
-        return
-    kept = [row for row in read_jsonl(path) if row.get("step", -math.inf) <= last_step]
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".resume.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in kept:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _scalar(key: str, value: Any) -> int | float:
@@ -190,13 +118,30 @@ class MetricsLogger:
         if wandb is not None:
             self._wandb_run = _init_wandb(dict(wandb), self.workdir, self._config)
 
+    @classmethod
+    def for_run(
+        cls, config: Any, workdir: str, total_steps: int, *, is_main: bool = True
+    ) -> MetricsLogger:
+        """The logger of a training run: its ``log.*`` settings (TensorBoard, progress bar,
+        ``log.wandb_project``) and the config stored with the wandb run."""
+        lg = config.log
+        return cls(
+            workdir,
+            total_steps=total_steps,
+            is_main=is_main,
+            tensorboard=lg.tensorboard,
+            progress=lg.progress,
+            wandb={"project": lg.wandb_project} if lg.wandb_project else None,
+            config=config,
+        )
+
     @property
     def metrics_path(self) -> str:
-        return os.path.join(self.workdir, METRICS_FILE)
+        return os.path.join(self.workdir, workdir_lib.METRICS)
 
     @property
     def samples_path(self) -> str:
-        return os.path.join(self.workdir, SAMPLES_FILE)
+        return os.path.join(self.workdir, workdir_lib.SAMPLES)
 
     def resume(self, last_step: int) -> None:
         """Forget everything logged after ``last_step`` (the step of the restored checkpoint).
@@ -215,7 +160,7 @@ class MetricsLogger:
         self._close_writers()
         last_step = int(last_step)
         for path in (self.metrics_path, self.samples_path):
-            _rewrite_up_to(path, last_step)
+            workdir_lib.keep_rows_up_to(path, last_step)
         self._start_step = max(last_step, 0)
         self._purge_step = last_step + 1
 
@@ -294,7 +239,7 @@ class MetricsLogger:
         if self._opened:
             return
         for path in (self.metrics_path, self.samples_path):
-            _truncate_partial_line(path)
+            workdir_lib.truncate_partial_line(path)
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
         self._samples_file = open(self.samples_path, "a", encoding="utf-8")
         if self._tensorboard:
@@ -304,7 +249,7 @@ class MetricsLogger:
             # nanosecond suffix keeps a writer reopened within the same second (resume) from
             # overwriting the previous file, and keeps the files in time order.
             self._writer = SummaryWriter(
-                os.path.join(self.workdir, TENSORBOARD_DIR),
+                os.path.join(self.workdir, workdir_lib.TENSORBOARD),
                 purge_step=self._purge_step,
                 filename_suffix=f".{time.time_ns()}",
             )
@@ -350,3 +295,63 @@ def _init_wandb(kwargs: dict[str, Any], workdir: str, config: Mapping[str, Any] 
     if config is not None:
         kwargs.setdefault("config", dict(config))
     return wandb.init(**kwargs)
+
+
+def host_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A dict of device scalars as host floats."""
+    host = jax.device_get(dict(metrics))
+    return {k: float(v) for k, v in host.items()}
+
+
+def mean_host_floats(per_update: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each key's mean over several updates' metrics, as host floats."""
+    host = [jax.device_get(dict(m)) for m in per_update]
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def rollout_metrics(ro: Any, *, prompt_len: int, seconds: Mapping[str, float]) -> dict[str, float]:
+    """The host-side metrics of a rollout (``giftjax.train.rollout.Rollout``) over every
+    process: ``reward/mean``, ``reward/std``, ``reward/errors``, ``reward/<fn>`` (several reward
+    functions), ``response/length_mean``, ``time/rollout``, ``time/reward``, ``time/<k>`` of
+    ``seconds`` (the step's other phases) and ``tokens/per_sec`` over all of them.
+
+    Each host scored its own rows: they are gathered in process order (the global batch's
+    values, as one host would have them) before they are reduced.
+    """
+    r = distributed.allgather(ro.host_rewards)
+    lengths = distributed.allgather(ro.host_lengths)
+    errors = distributed.allgather(np.array([ro.reward_errors], np.int64)).sum()
+    per_fn = {k: distributed.allgather(v) for k, v in sorted(ro.per_fn.items())}
+    out = {
+        "reward/mean": float(r.mean()),
+        "reward/std": float(r.std()),
+        "reward/errors": float(errors),
+        "response/length_mean": float(lengths.mean()),
+        "time/rollout": ro.seconds["rollout"],
+        "time/reward": ro.seconds["reward"],
+        **{f"time/{k}": float(v) for k, v in seconds.items()},
+    }
+    if len(per_fn) > 1:
+        out.update({f"reward/{name}": float(np.mean(v)) for name, v in per_fn.items()})
+    total = ro.seconds["rollout"] + ro.seconds["reward"] + sum(seconds.values())
+    n_tokens = float(lengths.sum() + ro.tokens.shape[0] * prompt_len)
+    out["tokens/per_sec"] = n_tokens / max(total, 1e-9)
+    return out
+
+
+def sample_rows(ro: Any, *, group_size: int, prompts: int) -> list[dict[str, Any]]:
+    """The first ``prompts`` prompts' samples of a rollout as samples.jsonl rows: prompt,
+    completion, reward (and the answer when the data has one)."""
+    rows = []
+    for p in range(min(prompts, len(ro.prompts))):
+        for j in range(group_size):
+            i = p * group_size + j
+            row = {
+                "prompt": ro.prompts[p],
+                "completion": ro.completions[i],
+                "reward": float(ro.host_rewards[i]),
+            }
+            if "answer" in ro.columns:
+                row["answer"] = ro.columns["answer"][p]
+            rows.append(row)
+    return rows

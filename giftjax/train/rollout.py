@@ -64,10 +64,37 @@ class Rollout:
     reward_errors: int
     seconds: dict[str, float]
 
-    @property
-    def rewards_host(self) -> np.ndarray:
-        """This process's rewards [B / n] (alias of ``host_rewards``)."""
-        return self.host_rewards
+    def batch(self) -> dict[str, jax.Array]:
+        """The rollout rows as an update batch: tokens, attn_mask, resp_mask, rewards,
+        sampler_logps (``plan.ROLLOUT_KEYS``; the log-prob passes and advantages add the rest)."""
+        return {
+            "tokens": self.tokens,
+            "attn_mask": self.attn_mask,
+            "resp_mask": self.resp_mask,
+            "rewards": self.rewards,
+            "sampler_logps": self.sampler_logps,
+        }
+
+
+def sampler_settings(
+    config: ml_collections.ConfigDict, temperature: float, *, eos_id: int | None
+) -> dict[str, Any]:
+    """The sampling keyword arguments of ``sampling.generate`` for the run's rollouts at
+    ``temperature``: top-p / top-k (greedy, temperature 0, uses neither) and the EOS id when
+    ``rollout.stop_at_eos`` (else None: every row runs to ``max_new_tokens``)."""
+    r = config.rollout
+    return {
+        "temperature": temperature,
+        "top_p": r.top_p if temperature else 1.0,
+        "top_k": r.top_k if temperature else 0,
+        "eos_id": eos_id if r.stop_at_eos else None,
+    }
+
+
+def records(batch: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """A collated data batch ``{field: [values]}`` as one dict per row."""
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
 
 def render_prompts(
@@ -131,14 +158,14 @@ def sample_responses(
         padded_ids, padded_mask = placed["ids"], placed["mask"]
     else:
         padded_ids, padded_mask = jnp.asarray(ids), jnp.asarray(mask)
-        ways = mesh.shape["data"] * mesh.shape["fsdp"]
-        if (n * num_samples) % ways:
+        rows = sharding_lib.sampled_prompts(n, num_samples, sharding_lib.data_ways(mesh))
+        if rows != n:
             padded_ids, padded_mask, _ = sampling.pad_prompts(
                 ids,
                 mask,
                 pad_id=tokenizer.pad_token_id,
                 length=config.data.max_prompt_len,
-                batch=-(-n // ways) * ways,
+                batch=rows,
             )
             padded_ids, padded_mask = jnp.asarray(padded_ids), jnp.asarray(padded_mask)
     out = sampling.generate(
@@ -147,12 +174,9 @@ def sample_responses(
         padded_mask,
         max_new_tokens=r.max_new_tokens,
         key=key,
-        temperature=temperature,
-        top_p=r.top_p if temperature else 1.0,
-        top_k=r.top_k if temperature else 0,
         num_samples=num_samples,
-        eos_id=tokenizer.eos_token_id if r.stop_at_eos else None,
         pad_id=tokenizer.pad_token_id,
+        **sampler_settings(config, temperature, eos_id=tokenizer.eos_token_id),
         mesh=mesh,
         rules=config.mesh.rules,
     )
@@ -177,8 +201,8 @@ def host_share(rows: Sequence[Any], mesh: Mesh) -> tuple[list[Any], int]:
     rows = list(rows)
     if not distributed.is_multiprocess():
         return rows, len(rows)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    total = -(-len(rows) // ways) * ways
+    ways = sharding_lib.data_ways(mesh)
+    total = sharding_lib.round_up(len(rows), ways)
     padded = rows + [rows[-1]] * (total - len(rows))
     per = total // jax.process_count()
     i = jax.process_index()
@@ -276,18 +300,23 @@ def demonstration_batch(
     """Teacher-forcing rows ``tokens``, ``attn_mask`` [P, Tp+Mr] and ``resp_mask`` [P, Mr]
     (Mr = ``data.max_response_len``) from each row's prompt and demonstration."""
     texts = render_prompts(tokenizer, rows, config)
-    response_field = config.data.demonstration_field or "demonstration"
-    responses = []
+    field = config.data.demonstration_field or "demonstration"
+    responses = _responses(rows, field, "data.demonstration_field", "demonstrations")
+    return _pair_rows(texts, responses, tokenizer, config, mesh)
+
+
+def _responses(rows: Sequence[Mapping[str, Any]], field: str, key: str, what: str) -> list[str]:
+    """Each row's non-empty ``field`` text; a missing one names the config ``key`` to set."""
+    out = []
     for i, row in enumerate(rows):
-        resp = row.get(response_field)
+        resp = row.get(field)
         if not isinstance(resp, str) or not resp:
             raise ValueError(
-                f"data row {i} has no {response_field!r} text; the sft, dpo and hybrid "
-                "algorithms and train.warmup_sft_steps need demonstrations (for JSONL data "
-                "set config.data.demonstration_field)."
+                f"data row {i} has no {field!r} text; the run needs {what} (for JSONL or "
+                f"Parquet data set config.{key} to the field holding them)."
             )
-        responses.append(resp)
-    return _pair_rows(texts, responses, tokenizer, config, mesh)
+        out.append(resp)
+    return out
 
 
 def _pair_rows(texts, responses, tokenizer, config, mesh) -> dict[str, jax.Array]:
@@ -311,13 +340,6 @@ def _pair_rows(texts, responses, tokenizer, config, mesh) -> dict[str, jax.Array
     )
 
 
-def rejected_response(text: str) -> str:
-    """A deterministic wrong response for DPO pairs when the data has no ``rejected`` field:
-    the demonstration reversed (or with its last character doubled if it is a palindrome)."""
-    flipped = text[::-1]
-    return flipped if flipped != text else text + text[-1:]
-
-
 def preference_batch(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -325,11 +347,13 @@ def preference_batch(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> dict[str, jax.Array]:
-    """DPO pairs: the demonstration as chosen, the row's ``rejected`` (else
-    :func:`rejected_response`) as rejected; keys ``chosen_*`` and ``rejected_*``."""
+    """DPO pairs: the row's demonstration (``data.demonstration_field``) as chosen, its
+    rejected response (``data.rejected_field``; the synthetic task's ``rejected``) as
+    rejected; keys ``chosen_*`` and ``rejected_*``."""
     chosen = demonstration_batch(rows, tokenizer=tokenizer, config=config, mesh=mesh)
     texts = render_prompts(tokenizer, rows, config)
-    rejected_text = [row.get("rejected") or rejected_response(row["demonstration"]) for row in rows]
+    field = config.data.rejected_field or "rejected"
+    rejected_text = _responses(rows, field, "data.rejected_field", "DPO's rejected responses")
     rejected = _pair_rows(texts, rejected_text, tokenizer, config, mesh)
     return {
         "chosen_tokens": chosen["tokens"],

@@ -34,6 +34,7 @@ from giftjax import models, optim
 from giftjax import sharding as sharding_lib
 from giftjax.models.presets import PRESETS
 from giftjax.train.config import ConfigError
+from giftjax.train.plan import PLAN_ROWS
 
 
 @flax.struct.dataclass
@@ -102,22 +103,16 @@ def build_model(
     return sharding_lib.shard_params(model, mesh, rules)
 
 
-def apply_lora(
-    model: nnx.Module, config: ml_collections.ConfigDict, mesh: Mesh
+def add_lora(
+    model: nnx.Module, config: ml_collections.ConfigDict, mesh: Mesh | None = None
 ) -> tuple[nnx.Module, nnx.GraphDef | None]:
-    """``(model, base graphdef)``: with ``model.lora.rank > 0`` the model with adapters (placed
-    on ``mesh``) and the graphdef of the base model (adapters off); else ``(model, None)``."""
-    if config.model.lora.rank == 0:
-        return model, None
-    lora_model, base_graphdef = add_lora(model, config)
-    return sharding_lib.shard_params(lora_model, mesh, config.mesh.rules), base_graphdef
-
-
-def add_lora(model: nnx.Module, config: ml_collections.ConfigDict) -> tuple[nnx.Module, Any]:
-    """``models.lora.apply_lora`` with the run's ``model.lora`` settings (rank > 0) and seed:
-    ``(model with adapters, base graphdef)``, unplaced."""
+    """The run's ``model.lora`` settings and seed applied to ``model``: ``(model with adapters,
+    base graphdef)`` (the graphdef of the base, adapters off), placed on ``mesh`` when given;
+    ``(model, None)`` when ``model.lora.rank == 0``."""
     lc = config.model.lora
-    return models.lora.apply_lora(
+    if lc.rank == 0:
+        return model, None
+    lora_model, base_graphdef = models.lora.apply_lora(
         model,
         rank=lc.rank,
         alpha=lc.alpha,
@@ -125,6 +120,34 @@ def add_lora(model: nnx.Module, config: ml_collections.ConfigDict) -> tuple[nnx.
         seed=config.seed,
         train_norms=lc.train_norms,
     )
+    if mesh is not None:
+        lora_model = sharding_lib.shard_params(lora_model, mesh, config.mesh.rules)
+    return lora_model, base_graphdef
+
+
+def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
+    """The run's tokenizer; it must have a pad token and an EOS token."""
+    name = config.model.tokenizer or config.model.hf_path
+    if name == "synthetic":
+        from giftjax import data as data_lib  # grain, tokenizers: seconds to import
+
+        tok = data_lib.build_tokenizer()
+    else:
+        if not os.path.isdir(name):
+            raise ValueError(
+                f"config.model.tokenizer={name!r} is not a folder; give a local tokenizer "
+                "folder (or 'synthetic' for the synthetic task's tokenizer)."
+            )
+        tok = models.load_tokenizer(name)
+    if tok.pad_token_id is None:
+        raise ValueError(
+            f"the tokenizer {name!r} has no pad token: set one (e.g. "
+            "tokenizer.pad_token = tokenizer.eos_token, then save_pretrained) and point "
+            "config.model.tokenizer at the saved folder."
+        )
+    if tok.eos_token_id is None:
+        raise ValueError(f"the tokenizer {name!r} has no EOS token; responses could never end.")
+    return tok
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_updates: int):
@@ -149,7 +172,7 @@ def make_optimizer(
     """AdamW after global-norm clipping; hybrid runs put GAC first (it takes both gradients)."""
     o = config.optim
     parts = []
-    if config.algo.name == "hybrid":
+    if PLAN_ROWS[config.algo.name][0] == "hybrid":  # GAC takes both gradients
         g = config.algo.gac
         prior = optim.chord_prior(
             warmup=g.prior_warmup, decay=g.prior_decay, peak=g.prior_peak, valley=g.prior_valley
@@ -173,18 +196,6 @@ def make_optimizer(
     schedule = learning_rate_schedule(config, total_updates)
     parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     return optax.chain(*parts)
-
-
-def keeps_reference(config: ml_collections.ConfigDict) -> bool:
-    """Whether the train state keeps a frozen copy of the initial weights.
-
-    DPO's implicit reward is always measured against the initial model (its reference must not
-    move with the policy); the RL losses follow ``algo.reference``. With LoRA the initial model
-    is the base with the adapters off, so no copy is kept.
-    """
-    c = config
-    initial = c.algo.name == "dpo" or (c.algo.reference == "initial" and c.algo.name != "sft")
-    return initial and c.model.lora.rank == 0
 
 
 def init_state(
