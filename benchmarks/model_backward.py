@@ -1,8 +1,8 @@
 """Forward vs forward+backward of the RL-step decoder on CPU: wall time, CPU time, op profile.
 
-The loss is the one an RL update differentiates (docs/architecture.md, one RL step), on the
-configuration of `benchmarks/rl_step.py`: a Qwen2-shaped decoder (4 layers, width 256, 4
-heads / 2 KV heads, head_dim 64, MLP 688, vocabulary 4096, tied embeddings, q/k/v bias,
+The loss is the one an RL update differentiates (docs/development/architecture.md, one RL
+step), on the configuration of `benchmarks/rl_step.py`: a Qwen2-shaped decoder (4 layers,
+width 256, 4 heads / 2 KV heads, head_dim 64, MLP 688, vocabulary 4096, tied embeddings, q/k/v bias,
 float32 parameters and compute) at B=32 rows of T=96 tokens::
 
     hidden = model(tokens, mask, return_hidden=True)[:, :-1]                   # [B, T-1, D]

@@ -8,7 +8,8 @@ source the comment says so, everything else is our choice for a first run and sa
 - G = 8 samples per prompt, temperature 1: the group size of GRPO-family math recipes (our
   choice; the GIFT losses need G >= 2 and gain little past 8 for a binary reward).
 - GIFT with pi_old as reference and 4 updates per rollout batch: the author's released code
-  (docs/architecture.md; with one update and pi_old every update is GIFT's degenerate case).
+  (docs/development/architecture.md; with one update and pi_old every update is GIFT's
+  degenerate case).
 - beta = 1: the GIFT loss's default (the paper shows beta cancels in the z-scored target).
 - learning rate 1e-6, AdamW, clipping at 1.0, no weight decay: the usual full fine-tuning
   rate for RL on 0.5B-32B instruct models (our choice).

@@ -60,13 +60,13 @@ def _comments(source: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
 
 
 def _choices(module: Any) -> dict[str, str]:
-    """key -> its valid values, from the ``_choice("key", value, allowed)`` checks of the
+    """key -> its valid values, from the ``check_choice("key", value, allowed)`` checks of the
     config module (``allowed`` evaluated in the module; a check on local values is skipped)."""
     out = {}
     for node in ast.walk(ast.parse(inspect.getsource(module))):
         if (
             isinstance(node, ast.Call)
-            and getattr(node.func, "id", None) == "_choice"
+            and getattr(node.func, "id", None) == "check_choice"
             and len(node.args) == 3
             and isinstance(node.args[0], ast.Constant)
         ):
@@ -107,7 +107,9 @@ def render() -> str:
 
     config = config_lib.base_config()
     comments, titles, groups = _comments(inspect.getsource(config_lib.base_config))
-    choices = _choices(config_lib)
+    from giftjax.train import config_checks
+
+    choices = {**_choices(config_checks), **_choices(config_lib)}
     order = list(comments)
     out = [
         "# Config keys",

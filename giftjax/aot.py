@@ -20,11 +20,11 @@ are part of the compiler's temporaries). A recipe fits when every program's peak
 ``--headroom`` (10%) of the HBM free; otherwise the report says so and names the settings to
 change (mesh, micro-batches, remat, cache length, rollout batch).
 
-FLOPs per step (:mod:`giftjax.train.flops`): the cost analysis of the same functions lowered
+FLOPs per step (`giftjax.train.flops`): the cost analysis of the same functions lowered
 with every loop unrolled on the host CPU, ``sampler + logps_calls x logps + updates_per_step x
 train`` as the run plan counts the calls. The programs and their calls come from the run plan
-the Trainer follows (:class:`giftjax.train.plan.RunPlan`); the report itself is
-:mod:`giftjax.aot_report`'s.
+the Trainer follows (`giftjax.train.plan.RunPlan`); the report itself is
+`giftjax.aot_report`'s.
 
     python -m giftjax.aot --config=configs/gsm8k_qwen2.5_7b_gift.py --topology=v5p:2x2x2
     python -m giftjax.aot --config=configs/math_qwen2.5_32b_gift.py --topology=v5p:4x4x4 \

@@ -1,8 +1,8 @@
 """The fit report of ``python -m giftjax.aot``: per-program memory, the verdict, the advice.
 
-:func:`giftjax.aot.check` compiles a recipe's programs and fills a :class:`Report`;
-:func:`assess` judges it against a headroom and names the settings to change, and
-:func:`format_report` renders it as text. This module imports no jax (the CLI sets up libtpu's
+`giftjax.aot.check` compiles a recipe's programs and fills a `Report`;
+`assess` judges it against a headroom and names the settings to change, and
+`format_report` renders it as text. This module imports no jax (the CLI sets up libtpu's
 environment before jax is first imported).
 """
 

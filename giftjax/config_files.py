@@ -4,11 +4,13 @@ A recipe that builds on another (``configs/hybrid_gac_cpu.py`` on ``configs/smok
 production recipes on ``configs/common_math.py``) must not import it as ``from configs import ...``:
 that resolves only when the repository root is on ``sys.path``, so
 ``python -m giftjax.main --config=/abs/path/configs/gsm8k_qwen2.5_7b_gift.py`` started from
-another folder would fail. Recipes load their base with :func:`sibling` instead::
+another folder would fail. Recipes load their base with `sibling` instead:
 
-    from giftjax.config_files import sibling
+```
+from giftjax.config_files import sibling
 
-    common_math = sibling(__file__, "common_math")   # configs/common_math.py, next to this file
+common_math = sibling(__file__, "common_math")   # configs/common_math.py, next to this file
+```
 
 Each file is executed once per process, under a private module name derived from its absolute
 path, so two checkouts never share a cached module. Imports only the standard library.

@@ -1,7 +1,7 @@
 """Multi-controller JAX: joining a multi-host job, and moving per-host rows in and out of it.
 
 Every host runs the same program (``python -m giftjax.main ...``). Before any other JAX call,
-:func:`initialize` joins the hosts into one job with ``jax.distributed.initialize`` when the
+`initialize` joins the hosts into one job with ``jax.distributed.initialize`` when the
 environment asks for it:
 
 - ``GIFTJAX_COORDINATOR=host:port``, ``GIFTJAX_NUM_PROCESSES=n``, ``GIFTJAX_PROCESS_ID=i``:
@@ -16,9 +16,9 @@ hang. On CPU the cross-process collectives use gloo.
 
 Rows of a batch are sharded over the mesh's data axes (``batch`` -> ``("data", "fsdp")``).
 Each process holds a contiguous block of the global rows: process ``i`` of ``n`` holds rows
-``[i * B / n, (i + 1) * B / n)`` (:func:`process_block` checks it). Hosts tokenise, decode and
-score only their own rows; :func:`local_rows` takes a process's rows out of a global array and
-:func:`allgather` puts small host arrays (rewards, lengths) back together for metrics.
+``[i * B / n, (i + 1) * B / n)`` (`process_block` checks it). Hosts tokenise, decode and
+score only their own rows; `local_rows` takes a process's rows out of a global array and
+`allgather` puts small host arrays (rewards, lengths) back together for metrics.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Evaluate one checkpoint: ``python -m giftjax.eval --config=configs/NAME.py --workdir=DIR``.
 
-Builds the run's parts as the trainer does (:class:`giftjax.train.loop.Trainer`, opened
+Builds the run's parts as the trainer does ([`Trainer`][giftjax.train.loop.Trainer], opened
 read-only), restores checkpoint ``--step`` (default: the newest), runs
-:func:`giftjax.train.evaluate.evaluate` with the key the training loop uses at that step
+`giftjax.train.evaluate.evaluate` with the key the training loop uses at that step
 (``fold_in(fold_in(base_key, step), 1)``), prints the ``eval/...`` metrics as a table and
 writes them to ``DIR/eval_step_N.json``. The numbers therefore equal the ``eval/...`` row the
 run logged at that step (when it evaluated there), and two evaluations of the same step agree.
@@ -47,7 +47,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> tuple[
 
     Returns:
       ``(step, metrics)`` with the ``eval/...`` metrics; also written to
-      :func:`output_path` (by process 0).
+      `output_path` (by process 0).
 
     Raises:
       FileNotFoundError: ``workdir`` holds no config.json or no finished checkpoint, or none

@@ -1,6 +1,6 @@
 """Export a trained policy: ``python -m giftjax.export --config=configs/NAME.py --workdir=DIR``.
 
-Opens the run as ``python -m giftjax.eval`` does (:class:`giftjax.train.loop.Trainer`,
+Opens the run as ``python -m giftjax.eval`` does ([`Trainer`][giftjax.train.loop.Trainer],
 read-only, the same config and overrides), restores checkpoint ``--step`` (default: the newest)
 and writes the policy as a Hugging Face checkpoint to ``--out`` (default ``DIR/hf``):
 ``config.json``, safetensors weights and the run's tokenizer, which transformers, vLLM and

@@ -1,6 +1,6 @@
 """The command line: ``python -m giftjax.main --config=configs/NAME.py --workdir=DIR``.
 
-Parses flags, sets up logging and hands the config to :func:`giftjax.train.loop.train`.
+Parses flags, sets up logging and hands the config to [`train`][giftjax.train.loop.train].
 ``algo.name`` picks the loop. Configs are loaded locked, so a misspelt key fails; any key can
 be overridden (``--config.train.steps=20``). Re-running the same command on the same DIR
 resumes from its newest checkpoint; SIGTERM saves once and exits with code 0.

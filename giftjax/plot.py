@@ -1,8 +1,10 @@
 """Reward, loss, eval and GAC curves of a run, drawn from WORKDIR/metrics.jsonl to a PNG.
 
-Command::
+Command:
 
+    ```
     python -m giftjax.plot WORKDIR [--out PATH] [--smooth N]
+    ```
 
 writes ``WORKDIR/reward.png`` (or PATH) and prints the path. Panels, x axis = step, each with
 its legend to the right of the curves:

@@ -1,16 +1,18 @@
 """Process set-up shared by the command-line entry points (no JAX import here).
 
 Every giftjax command (``giftjax.main``, ``giftjax.eval``, ``giftjax.export``, ``giftjax.aot``)
-starts the same way, through :func:`start_cli`: the accelerator environment first (before JAX
+starts the same way, through `start_cli`: the accelerator environment first (before JAX
 is imported), then its absl flags, defined when the command runs and never at import (so its
 library functions import together, and into programs with flags of their own), then absl's
-parsing, a refusal of stray arguments and the logging levels::
+parsing, a refusal of stray arguments and the logging levels:
 
-    def run() -> None:
-        runtime.start_cli(_main, _define_flags, absl_verbosity=absl_logging.WARNING)
+```
+def run() -> None:
+    runtime.start_cli(_main, _define_flags, absl_verbosity=absl_logging.WARNING)
+```
 
 The host-side tools ``giftjax.plot`` and ``giftjax.data.prepare`` take positional arguments and
-are called in-process as ``main(argv) -> exit code``: :func:`parse_flags` defines their absl
+are called in-process as ``main(argv) -> exit code``: `parse_flags` defines their absl
 flags on a fresh ``FlagValues`` each call (the same flag syntax, ``--out=DIR`` or ``--out DIR``,
 with nothing left on absl's global flags).
 
@@ -112,7 +114,7 @@ def start_cli(
 ) -> None:
     """Runs a giftjax command: the one start-up of ``giftjax.main``, ``eval``, ``export``, ``aot``.
 
-    In order: :func:`quiet_accelerator_probes` (with ``compile_only``), ``define_flags()`` (the
+    In order: `quiet_accelerator_probes` (with ``compile_only``), ``define_flags()`` (the
     command's absl flags, defined now rather than at import), absl's ``app.run``, which parses
     the command line; then stray positional arguments are a usage error, giftjax's INFO logs
     are shown, absl's verbosity (orbax and grain log through absl) is set to
@@ -122,10 +124,10 @@ def start_cli(
     Args:
       main: the command's body, given the flag holders.
       define_flags: defines the command's flags on absl's global ``FLAGS`` and returns their
-        holders (e.g. a :class:`RunFlags`).
+        holders (e.g. a `RunFlags`).
       absl_verbosity: an ``absl.logging`` level (``WARNING``, ``ERROR``), or None to leave
         absl's default.
-      compile_only: passed to :func:`quiet_accelerator_probes`.
+      compile_only: passed to `quiet_accelerator_probes`.
     """
     quiet_accelerator_probes(compile_only=compile_only)
     import logging

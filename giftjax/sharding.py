@@ -1,4 +1,5 @@
-"""Meshes, logical axis rules, placing parameters and batches on them (docs/architecture.md 4).
+"""Meshes, logical axis rules, placing parameters and batches on them
+(docs/development/architecture.md 4).
 
 Code names *logical* axes only. Parameters carry them in their `out_sharding` metadata
 (`embed`, `vocab`, `heads`, `kv_heads`, `head_dim`, `mlp`, `layers`); activations and batches use

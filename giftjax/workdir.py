@@ -3,15 +3,15 @@
 Layout (what ``python -m giftjax.main`` writes, and ``giftjax.eval``, ``giftjax.export`` and
 ``giftjax.plot`` read):
 
-- ``config.json`` (:data:`CONFIG_JSON`): the resolved config of the first run; a resume must
+- ``config.json`` (`CONFIG_JSON`): the resolved config of the first run; a resume must
   match it (``giftjax.train.run_config.check_config``);
-- ``metrics.jsonl`` (:data:`METRICS`): one JSON object per logged step;
-- ``samples.jsonl`` (:data:`SAMPLES`): sampled completions, ``{"step": int, **row}``;
-- ``reward_errors.jsonl`` (:data:`REWARD_ERRORS`): reward calls that failed or timed out;
-- ``checkpoints/`` (:data:`CHECKPOINTS`): one orbax step directory per saved step;
-- ``tensorboard/`` (:data:`TENSORBOARD`): TensorBoard event files;
-- ``hf/`` (:data:`HF_DIR`): the exported Hugging Face checkpoint (``giftjax.export``);
-- ``eval_step_<step>.json`` (:func:`eval_path`): one evaluation of a checkpoint.
+- ``metrics.jsonl`` (`METRICS`): one JSON object per logged step;
+- ``samples.jsonl`` (`SAMPLES`): sampled completions, ``{"step": int, **row}``;
+- ``reward_errors.jsonl`` (`REWARD_ERRORS`): reward calls that failed or timed out;
+- ``checkpoints/`` (`CHECKPOINTS`): one orbax step directory per saved step;
+- ``tensorboard/`` (`TENSORBOARD`): TensorBoard event files;
+- ``hf/`` (`HF_DIR`): the exported Hugging Face checkpoint (``giftjax.export``);
+- ``eval_step_<step>.json`` (`eval_path`): one evaluation of a checkpoint.
 """
 
 from __future__ import annotations

@@ -4,15 +4,19 @@ Groups are laid out as the columns of ``X: [G, P]`` (``X[:, g]`` = the G members
 group g), so that the many groups run along the 128 TPU lanes and the few members
 along sublanes; a block is ``[G, block_p]`` (G = the full first dimension,
 ``block_p`` a multiple of 128 or all of P). With ``c = x - mean``,
-``n = max(G - ddof, 1)``, ``std = sqrt(sum c^2 / n)`` and ``d = max(std, floor) + eps``::
+``n = max(G - ddof, 1)``, ``std = sqrt(sum c^2 / n)`` and ``d = max(std, floor) + eps``:
 
-    z = c / d
+```
+z = c / d
+```
 
-Backward, for cotangents ``gz`` (of z), ``gm`` (of mean) and ``gs`` (of std), per group::
+Backward, for cotangents ``gz`` (of z), ``gm`` (of mean) and ``gs`` (of std), per group:
 
-    stop_grad_stats:  dx = gz / d
-    full gradient:    dx = (gz - mean(gz)) / d
-                           + c / (n std) * (gs - k (sum_i gz_i c_i) / d^2) + gm / G
+```
+stop_grad_stats:  dx = gz / d
+full gradient:    dx = (gz - mean(gz)) / d
+                       + c / (n std) * (gs - k (sum_i gz_i c_i) / d^2) + gm / G
+```
 
 where ``k`` is the derivative of ``max(std, floor)`` in std as JAX defines it (1 above
 the floor, 1/2 at a tie, 0 below) and ``c / (n std)`` (the gradient of std) is 0

@@ -29,9 +29,11 @@ def logit_grad(
 ) -> jax.Array:
     """Gradient of ``g logp + g_H H`` with respect to ``h @ W_blk`` (float32 ``[BT, Vb]``).
 
-    With ``p_v = exp(z_v - lse)``::
+    With ``p_v = exp(z_v - lse)``:
 
-        dz_v = (g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])) / tau
+    ```
+    dz_v = (g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])) / tau
+    ```
 
     (the ``1 / tau`` is the chain rule through ``z = (h @ W) / tau``).
 

@@ -8,9 +8,11 @@ rescaled sum ``s``), pick the target logit, and (for the entropy) accumulate
 
 Backward (the ``custom_vjp`` of ``_logprobs_vjp``; residuals: hidden, W, targets, lse
 and, with the entropy, ``E_p[z] = a / s``): with ``p = exp(z - lse)`` and cotangents ``g``
-(log-probs) and ``g_H`` (entropy), the logit gradient is::
+(log-probs) and ``g_H`` (entropy), the logit gradient is:
 
-    dz_v = g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])
+```
+dz_v = g (1[v = t] - p_v) - g_H p_v (z_v - E_p[z])
+```
 
 recomputed block by block; ``d hidden = (dz @ W_blk^T) / tau`` accumulates in a
 float32 ``[BT, D]`` buffer (the only large temporary), and ``dW_blk = hidden^T @ dz / tau``

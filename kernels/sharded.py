@@ -1,14 +1,16 @@
 """``token_logprobs`` on a device mesh: tokens over the data axes, vocabulary over ``tensor``.
 
 A Pallas TPU kernel cannot be partitioned by XLA, so the fused log-probs run inside
-``jax.shard_map`` (docs/architecture.md, section 4). Shard ``k`` holds the columns
+``jax.shard_map`` (docs/development/architecture.md, section 4). Shard ``k`` holds the columns
 ``[k V_k, (k + 1) V_k)`` of ``W`` and computes, for its tokens, its own logsumexp
 ``lse_k``, target logit ``z_t^(k)`` (0 when the target is in another shard) and mean
-logit ``E_k[z]``. They combine exactly over the vocabulary axis::
+logit ``E_k[z]``. They combine exactly over the vocabulary axis:
 
-    lse    = m + log sum_k exp(lse_k - m),   m = max_k lse_k       (pmax, psum)
-    z_t    = sum_k z_t^(k)                                          (psum)
-    E_p[z] = sum_k exp(lse_k - lse) E_k[z]                          (psum)
+```
+lse    = m + log sum_k exp(lse_k - m),   m = max_k lse_k       (pmax, psum)
+z_t    = sum_k z_t^(k)                                          (psum)
+E_p[z] = sum_k exp(lse_k - lse) E_k[z]                          (psum)
+```
 
 The backward pass is a second ``shard_map`` under the same ``custom_vjp``: each shard
 recomputes its logits against the global ``lse`` and ``E_p[z]``, ``d hidden`` is summed

@@ -1,12 +1,14 @@
 """Per-token log-probabilities through the LM head, without the [BT, V] logits.
 
 For each token n with final hidden state ``h_n`` (a row of ``hidden``), LM head
-``W: [D, V]``, target id ``t_n`` and temperature ``tau``::
+``W: [D, V]``, target id ``t_n`` and temperature ``tau``:
 
-    z_n     = (h_n / tau) @ W                    # logits, [V]
-    lse_n   = log sum_v exp(z_nv)                # log Z
-    logp_n  = z_n[t_n] - lse_n                   # log softmax, gathered
-    H_n     = lse_n - sum_v softmax(z_n)_v z_nv  # entropy = log Z - E_p[z]
+```
+z_n     = (h_n / tau) @ W                    # logits, [V]
+lse_n   = log sum_v exp(z_nv)                # log Z
+logp_n  = z_n[t_n] - lse_n                   # log softmax, gathered
+H_n     = lse_n - sum_v softmax(z_n)_v z_nv  # entropy = log Z - E_p[z]
+```
 
 The ``[BT, V]`` logits of a long batch and a large vocabulary (16k tokens x 152k
 Qwen2.5 ids = 10 GB in float32) are the usual out-of-memory point of RL

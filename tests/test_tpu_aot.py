@@ -2,9 +2,9 @@
 
 Interpret mode (the CPU tests) proves numerics, not TPU lowering: here the Mosaic
 compiler sees the kernels, enforces the (8, 128) block tiling and VMEM limits, and
-reports memory (docs/architecture.md, section 5). ``JAX_PLATFORMS=cpu`` (conftest) does not block
-``jax.experimental.topologies``: the TPU client is created from libtpu for the
-topology description only, so these tests run in the same process as the CPU suite.
+reports memory (docs/development/architecture.md, section 5). ``JAX_PLATFORMS=cpu``
+(conftest) does not block ``jax.experimental.topologies``: the TPU client is created from
+libtpu for the topology description only, so these tests run in the same process as the CPU suite.
 Skipped when libtpu is not installed (``pip install libtpu``; CI installs it).
 """
 

@@ -1,7 +1,7 @@
 """A random-access source over a Parquet file, with named fields (pyarrow).
 
-Like :class:`giftjax.data.JsonlSource`, the whole file is read and every row checked when the
-source is built (:func:`giftjax.data.records.to_record`): a missing field, an empty prompt or an
+Like [`JsonlSource`][giftjax.data.JsonlSource], the whole file is read and every row checked when
+the source is built (`giftjax.data.records.to_record`): a missing field, an empty prompt or an
 answer that is neither a string nor a number stops a run at start with the file and the 1-based
 row named. Needs ``pyarrow`` (``pip install giftjax[data]``).
 """

@@ -1,9 +1,11 @@
 """Prepare GSM8K or MATH-500 for training: checked JSONL plus a TFDS array_record data set.
 
-Usage::
+Usage:
 
+    ```
     python -m giftjax.data.prepare gsm8k --out DIR [--from PATH] [--url-base URL]
     python -m giftjax.data.prepare math500 --out DIR [--from PATH] [--url-base URL]
+    ```
 
 ``--from PATH`` reads the published files from a local folder (GSM8K: ``train.jsonl`` and
 ``test.jsonl``; MATH-500: ``test.jsonl``). Without it the official files are fetched with

@@ -1,7 +1,7 @@
 """The published math data sets giftjax prepares and reads: their files, fields and origin.
 
-One table for the preparation command (:mod:`giftjax.data.prepare`), the TFDS builders
-(:mod:`giftjax.data.tfds_builders`) and the sources (:mod:`giftjax.data.sources`), so a file
+One table for the preparation command (`giftjax.data.prepare`), the TFDS builders
+(`giftjax.data.tfds_builders`) and the sources (`giftjax.data.sources`), so a file
 name, a field or a URL is written once.
 """
 

@@ -69,7 +69,7 @@ class FileRecords(Sequence):
     random access (``len``, ``[i]``, slices; every access returns a copy).
 
     A subclass names its ``FORMAT`` (for messages) and implements ``_read()``, which reads
-    ``self.path`` whole and returns its records, each through :meth:`_record`.
+    ``self.path`` whole and returns its records, each through `_record`.
 
     Args:
       path: the file (config key `data.path`).

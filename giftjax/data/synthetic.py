@@ -21,9 +21,11 @@ The held-out split is drawn from a disjoint range, so scores on it measure gener
 beyond the training distribution, not memorisation.
 
 `score(completion, answer)` gives partial credit in [0, 1], because a freshly initialised
-model almost never produces an exact answer and RL on an all-zero reward has no signal::
+model almost never produces an exact answer and RL on an all-zero reward has no signal:
 
-    score = 0.1 * format + 0.9 * matches / max(len(c), len(a))
+```
+score = 0.1 * format + 0.9 * matches / max(len(c), len(a))
+```
 
 where `c` is the completion with surrounding whitespace stripped, `format` is 1 when `c` is a
 non-empty string of digits, and `matches` counts positions i with `c[i] == a[i]`. The score is
@@ -163,11 +165,13 @@ KINDS: dict[str, type] = {k.name: k for k in (ReverseKind, AddKind)}
 class SyntheticTask(Sequence):
     """A deterministic random-access source of one synthetic task's split.
 
-    Example::
+    Examples:
 
+        ```
         task = SyntheticTask(kind="reverse", split="train", size=1000, seed=0)
         task[3]  # {"prompt": "reverse 904 =", "answer": "409", "demonstration": "409",
                  #  "rejected": "904"}
+        ```
 
     Args:
       kind: a name in `KINDS` ("reverse", "add").

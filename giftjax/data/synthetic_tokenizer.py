@@ -7,9 +7,11 @@ for any text made of vocabulary pieces. Anything else becomes `<unk>`.
 
 Special tokens: `<pad>` (0), `<eos>` (1, also the end of a response), `<bos>` (2, never added
 automatically), `<unk>` (3) and the chat-role markers `<|system|>`, `<|user|>`, `<|assistant|>`
-used by the Jinja chat template::
+used by the Jinja chat template:
 
-    <|system|>SYSTEM\\n<|user|>PROMPT\\n<|assistant|>RESPONSE<eos>
+```
+<|system|>SYSTEM\\n<|user|>PROMPT\\n<|assistant|>RESPONSE<eos>
+```
 
 `SYNTHETIC_VOCAB_SIZE` (64, a multiple of 8) is the vocabulary size a model for these tasks
 needs: it is at least `len(build_tokenizer())`.

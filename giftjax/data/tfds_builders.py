@@ -1,14 +1,14 @@
 """TFDS builders for GSM8K and MATH-500 from local files, written as array_record.
 
 The builders read the published JSONL files from TFDS's ``manual_dir`` (``<split>.jsonl``, see
-:data:`giftjax.data.published.DATASETS`), check every row, and write one array_record file per
+`giftjax.data.published.DATASETS`), check every row, and write one array_record file per
 split, in the published row order (no shuffling). Neither building nor reading needs
 TensorFlow: TFDS serialises the examples itself, writes array_record through the
-``array_record`` package, and :func:`giftjax.data.tfds_source.TfdsSource` reads them back with
+``array_record`` package, and [`TfdsSource`][giftjax.data.TfdsSource] reads them back with
 ``builder.as_data_source`` (random access, no ``tf.data``).
 
 Importing this module imports ``tensorflow_datasets`` (``pip install 'giftjax[data]'``). Users
-run :mod:`giftjax.data.prepare` rather than these classes. Each builder is registered with TFDS
+run `giftjax.data.prepare` rather than these classes. Each builder is registered with TFDS
 under no name (``skip_registration``): the names ``giftjax_gsm8k`` / ``giftjax_math500`` are
 folder names under the data_dir, and never clash with TFDS's own catalogue.
 """
@@ -29,7 +29,7 @@ FILE_FORMAT = "array_record"
 
 
 class _PublishedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder over one :class:`PublishedSet`'s local JSONL files (set ``DATASET``)."""
+    """A builder over one `PublishedSet`'s local JSONL files (set ``DATASET``)."""
 
     DATASET: PublishedSet
     VERSION = tfds.core.Version(TFDS_VERSION)

@@ -26,7 +26,7 @@ class TfdsSource(Sequence):
     """Random access over one split of a prepared GSM8K or MATH-500 TFDS data set.
 
     Records are ``{"prompt", "answer"}`` from the data set's fields (GSM8K ``question`` /
-    ``answer``, MATH-500 ``problem`` / ``answer``; :data:`giftjax.data.published.DATASETS`),
+    ``answer``, MATH-500 ``problem`` / ``answer``; `giftjax.data.published.DATASETS`),
     the same records the ``gsm8k`` / ``math500`` JSONL sources give. Rows are decoded and
     checked when read; the preparation command checked every row when it wrote them.
 

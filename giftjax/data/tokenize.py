@@ -1,8 +1,8 @@
 """Host-side tokenisation: prompts to left-padded id arrays, demonstrations, decoding.
 
 These run in NumPy on each host before its rows become part of a global array (the data
-flow in docs/architecture.md). Prompts are LEFT-padded so that every row ends at the last
-column, which is what `giftjax.sampling.generate` expects; responses are RIGHT-padded after
+flow in docs/development/architecture.md). Prompts are LEFT-padded so that every row ends at the
+last column, which is what `giftjax.sampling.generate` expects; responses are RIGHT-padded after
 an appended EOS.
 
 Texts are encoded with `add_special_tokens=False` by default: the prompt template (see

@@ -29,11 +29,13 @@ def group_advantages(
     """Advantages of ``B = P * G`` responses from the rewards of their group.
 
     With group ``g`` of ``G`` contiguous rows, ``mean_g`` its mean reward and ``std_g``
-    its std (``sqrt(sum (r - mean_g)^2 / max(G - ddof, 1))``)::
+    its std (``sqrt(sum (r - mean_g)^2 / max(G - ddof, 1))``):
 
-        grpo:     A_i = r_i - mean_g
-        dr_grpo:  A_i = r_i - mean_g                     (never scaled)
-        rloo:     A_i = r_i - (sum_{j in g, j != i} r_j) / (G - 1) = G/(G-1) (r_i - mean_g)
+    ```
+    grpo:     A_i = r_i - mean_g
+    dr_grpo:  A_i = r_i - mean_g                     (never scaled)
+    rloo:     A_i = r_i - (sum_{j in g, j != i} r_j) / (G - 1) = G/(G-1) (r_i - mean_g)
+    ```
 
     then scaled by ``1 / (std_g + eps)`` (``scale="group"``, GRPO), ``1 / (std_B + eps)``
     with ``std_B`` the std of all rewards of the batch (``"batch"``: group mean, batch std,
@@ -52,9 +54,9 @@ def group_advantages(
       ``[B]`` float32 advantages (constants: no gradient flows to the rewards' stats).
 
     References:
-      Shao et al., `DeepSeekMath <https://arxiv.org/abs/2402.03300>`_, 2024 (GRPO).
-      Liu et al., `Understanding R1-Zero-Like Training <https://arxiv.org/abs/2503.20783>`_,
-      2025 (Dr.GRPO). Ahmadian et al., `Back to Basics <https://arxiv.org/abs/2402.14740>`_,
+      Shao et al., [DeepSeekMath](https://arxiv.org/abs/2402.03300), 2024 (GRPO).
+      Liu et al., [Understanding R1-Zero-Like Training](https://arxiv.org/abs/2503.20783),
+      2025 (Dr.GRPO). Ahmadian et al., [Back to Basics](https://arxiv.org/abs/2402.14740),
       2024 (RLOO).
     """
     common.check_choice("method", method, ADVANTAGE_METHODS)

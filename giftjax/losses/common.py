@@ -51,7 +51,7 @@ def is_scalar_array(name: str, value: object) -> bool:
 
 def check_unit(name: str, value: object, *, upper_open: bool = False) -> None:
     """Raise unless ``value`` is a real number in [0, 1] (or [0, 1) with ``upper_open``);
-    a scalar array passes unchecked (:func:`is_scalar_array`)."""
+    a scalar array passes unchecked (`is_scalar_array`)."""
     if is_scalar_array(name, value):
         return
     ok = is_number(value)

@@ -31,9 +31,9 @@ def dpo_loss(
 
     With the implicit-reward margin of pair ``i``
 
-    .. math::
-
-        h_i = (\log\pi(y^c_i) - \log\pi_{ref}(y^c_i)) - (\log\pi(y^r_i) - \log\pi_{ref}(y^r_i))
+    $$
+    h_i = (\log\pi(y^c_i) - \log\pi_{ref}(y^c_i)) - (\log\pi(y^r_i) - \log\pi_{ref}(y^r_i))
+    $$
 
     the per-pair loss is
 
@@ -62,14 +62,14 @@ def dpo_loss(
       and ``dpo/margin`` (mean of ``beta h``).
 
     References:
-      Rafailov et al., `Direct Preference Optimization: Your Language Model is Secretly a
-      Reward Model <https://arxiv.org/abs/2305.18290>`_, 2023.
-      Mitchell, `A note on DPO with noisy preferences and relationship to IPO
-      <https://ericmitchell.ai/cdpo.pdf>`_, 2023 (conservative DPO).
-      Azar et al., `A General Theoretical Paradigm to Understand Learning from Human
-      Preferences <https://arxiv.org/abs/2310.12036>`_, 2023 (IPO).
-      Zhao et al., `SLiC-HF: Sequence Likelihood Calibration with Human Feedback
-      <https://arxiv.org/abs/2305.10425>`_, 2023 (hinge).
+      Rafailov et al., [Direct Preference Optimization: Your Language Model is Secretly a
+      Reward Model](https://arxiv.org/abs/2305.18290), 2023.
+      Mitchell, [A note on DPO with noisy preferences and relationship to
+      IPO](https://ericmitchell.ai/cdpo.pdf), 2023 (conservative DPO).
+      Azar et al., [A General Theoretical Paradigm to Understand Learning from Human
+      Preferences](https://arxiv.org/abs/2310.12036), 2023 (IPO).
+      Zhao et al., [SLiC-HF: Sequence Likelihood Calibration with Human
+      Feedback](https://arxiv.org/abs/2305.10425), 2023 (hinge).
     """
     check_float("chosen_logps", chosen_logps, 1, shape_doc="[B]")
     batch = chosen_logps.shape[0]

@@ -57,13 +57,15 @@ def gift_loss(
 
     For a batch of ``B = P * G`` sequences (prompt ``g`` owns rows ``g*G .. g*G+G-1``):
 
-    .. math::
+    $$
+    A_i = \frac{r_i - \mathrm{mean}_g r}{\mathrm{std}_g r + \epsilon}, \qquad
+    k_i = \sum_t m_{it} (\log\pi(y_{it}) - \log\pi_{ref}(y_{it})),
+    $$
 
-        A_i = \frac{r_i - \mathrm{mean}_g r}{\mathrm{std}_g r + \epsilon}, \qquad
-        k_i = \sum_t m_{it} (\log\pi(y_{it}) - \log\pi_{ref}(y_{it})),
-
-        z_i = \frac{k_i - \mathrm{mean}_g k}{\max(\mathrm{std}_g k, f) + \epsilon}, \qquad
-        L = \frac{1}{B} \sum_i (A_i - \beta z_i)^2,
+    $$
+    z_i = \frac{k_i - \mathrm{mean}_g k}{\max(\mathrm{std}_g k, f) + \epsilon}, \qquad
+    L = \frac{1}{B} \sum_i (A_i - \beta z_i)^2,
+    $$
 
     with ``std`` over the ``G`` members using ``ddof`` (1: sample std) and ``f`` the
     ``std_floor``. ``k`` is a sum over tokens (no length normalisation). Which policy is
@@ -79,9 +81,9 @@ def gift_loss(
     gradient is scaled by ``1/eps`` (10^6). Here the denominator uses
     ``max(std_g k, std_floor)``, which bounds it: at ``logps == ref_logps``,
 
-    .. math::
-
-        \|\nabla_{\log\pi} L\|_2 \le \frac{2 \beta}{f + \epsilon} \sqrt{T / B},
+    $$
+    \|\nabla_{\log\pi} L\|_2 \le \frac{2 \beta}{f + \epsilon} \sqrt{T / B},
+    $$
 
     with ``T`` the number of token positions (the bound holds with or without
     ``stop_grad_stats``; with ddof=1, ``sum_i A_i^2 <= B``). A floor changes nothing for a
@@ -120,10 +122,10 @@ def gift_loss(
       ``gift/zero_var_frac`` (fraction of groups whose rewards are all equal).
 
     References:
-      Wang, `GIFT: Group-relative Implicit Fine Tuning <https://arxiv.org/abs/2510.23868>`_,
+      Wang, [GIFT: Group-relative Implicit Fine Tuning](https://arxiv.org/abs/2510.23868),
       2025.
-      Rafailov et al., `Direct Preference Optimization <https://arxiv.org/abs/2305.18290>`_,
-      2023. Wang et al., `UNA <https://arxiv.org/abs/2408.15339>`_, 2024.
+      Rafailov et al., [Direct Preference Optimization](https://arxiv.org/abs/2305.18290),
+      2023. Wang et al., [UNA](https://arxiv.org/abs/2408.15339), 2024.
     """
     common.check_token_inputs(logps, mask, {"ref_logps": ref_logps})
     common.check_per_sequence("rewards", rewards, logps.shape[0])

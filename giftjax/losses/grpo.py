@@ -1,9 +1,10 @@
 """The GRPO family of clipped policy-gradient losses: GRPO, DAPO, Dr.GRPO and GSPO.
 
-One function, :func:`grpo_loss`, covers the four methods; they differ only in the clip
-range, the KL term, the importance ratio (per token or per sequence) and how per-token
+One function, [`grpo_loss`][giftjax.losses.grpo_loss], covers the four methods; they differ only in
+the clip range, the KL term, the importance ratio (per token or per sequence) and how per-token
 losses are aggregated. ``preset=`` sets each paper's published values, and the thin
-wrappers :func:`dapo_loss`, :func:`dr_grpo_loss` and :func:`gspo_loss` name them.
+wrappers [`dapo_loss`][giftjax.losses.dapo_loss], [`dr_grpo_loss`][giftjax.losses.dr_grpo_loss] and
+[`gspo_loss`][giftjax.losses.gspo_loss] name them.
 
 Shape letters: ``B`` sequences (``P`` prompts x ``G`` samples), ``T`` response tokens.
 The advantages are computed beforehand (``giftjax.losses.group_advantages``).
@@ -107,7 +108,7 @@ def kl_penalty(logps: Array, ref_logps: Array, estimator: str = "k3") -> Array:
       ``[B, T]`` float32.
 
     References:
-      Schulman, `Approximating KL Divergence <http://joschu.net/blog/kl-approx.html>`_, 2020.
+      Schulman, [Approximating KL Divergence](http://joschu.net/blog/kl-approx.html), 2020.
     """
     check_choice("kl_estimator", estimator, KL_ESTIMATORS)
     x = logps.astype(jnp.float32) - ref_logps.astype(jnp.float32)  # [B, T]
@@ -141,11 +142,11 @@ def grpo_loss(
 
     Per response token ``t`` of sequence ``i`` (``A_i`` is the sequence's advantage):
 
-    .. math::
-
-        \rho_{i,t} = \exp(\log\pi_\theta - \log\pi_{old}), \quad
-        \ell_{i,t} = -\min(\rho_{i,t} A_i,\ \mathrm{clip}(\rho_{i,t}, 1-\epsilon_{low},
-        1+\epsilon_{high}) A_i) + \beta_{KL}\, \mathrm{KL}_{i,t}
+    $$
+    \rho_{i,t} = \exp(\log\pi_\theta - \log\pi_{old}), \quad
+    \ell_{i,t} = -\min(\rho_{i,t} A_i,\ \mathrm{clip}(\rho_{i,t}, 1-\epsilon_{low},
+    1+\epsilon_{high}) A_i) + \beta_{KL}\, \mathrm{KL}_{i,t}
+    $$
 
     - ``importance="token"``: ``rho_{i,t}`` is the token ratio (PPO/GRPO/DAPO). The
       log-ratio is computed in float32 and clamped to ``[-20, 20]`` (``MAX_LOG_RATIO``).
@@ -157,25 +158,24 @@ def grpo_loss(
     - ``dual_clip=c`` (Ye et al. 2020, arXiv 1912.09729; verl's ``clip_ratio_c``): where
       ``A_i < 0`` the policy term is capped at ``c |A_i|``; ``c`` must be > 1.
     - KL term (when ``kl_coef != 0``): ``kl_coef * KL_{i,t}`` with the estimator
-      ``kl_estimator`` of :func:`kl_penalty` against ``ref_logps``.
+      ``kl_estimator`` of [`kl_penalty`][giftjax.losses.kl_penalty] against ``ref_logps``.
     - ``is_weights`` (optional, ``[B, T]``, held constant): multiplies the policy term of
       each token, ``l = w * pg + kl``; the trainer passes the truncated importance weights
-      of :func:`truncated_is_weights` when it takes pi_old from the sampler.
-    - ``agg`` reduces ``l`` over the mask with :func:`giftjax.losses.common.aggregate`:
+      of [`truncated_is_weights`][giftjax.losses.truncated_is_weights] when it takes pi_old from the
+      sampler.
+    - ``agg`` reduces ``l`` over the mask with [`aggregate`][giftjax.losses.aggregate]:
       ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
       ``seq-mean-token-sum-norm`` (divided by ``max_len``, default ``T``).
 
     Presets (``preset=``) set each paper's values; an explicitly passed argument that
-    disagrees with the preset raises (:func:`giftjax.losses.common.apply_preset`):
+    disagrees with the preset raises (`giftjax.losses.common.apply_preset`):
 
-    ============ ========== =========== ======= ========== ============ ======================
-    preset       clip_low   clip_high   kl_coef estimator  importance   agg
-    ============ ========== =========== ======= ========== ============ ======================
-    ``grpo``     0.2        0.2         0.04    k3         token        seq-mean-token-mean
-    ``dapo``     0.2        0.28        0       (any)      token        token-mean
-    ``dr_grpo``  0.2        0.2         0       (any)      token        seq-mean-token-sum-norm
-    ``gspo``     3e-4       4e-4        0       (any)      sequence     seq-mean-token-mean
-    ============ ========== =========== ======= ========== ============ ======================
+    | preset | clip_low | clip_high | kl_coef | estimator | importance | agg |
+    |---|---|---|---|---|---|---|
+    | ``grpo`` | 0.2 | 0.2 | 0.04 | k3 | token | seq-mean-token-mean |
+    | ``dapo`` | 0.2 | 0.28 | 0 | (any) | token | token-mean |
+    | ``dr_grpo`` | 0.2 | 0.2 | 0 | (any) | token | seq-mean-token-sum-norm |
+    | ``gspo`` | 3e-4 | 4e-4 | 0 | (any) | sequence | seq-mean-token-mean |
 
     Args:
       logps: ``[B, T]`` log-probs of the sampled tokens under the current policy (float32
@@ -207,16 +207,16 @@ def grpo_loss(
       loss) and ``grpo/advantage_mean`` (mean of ``advantages`` over the B sequences).
 
     References:
-      Shao et al., `DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
-      Language Models <https://arxiv.org/abs/2402.03300>`_, 2024.
-      Yu et al., `DAPO: An Open-Source LLM Reinforcement Learning System at Scale
-      <https://arxiv.org/abs/2503.14476>`_, 2025.
-      Liu et al., `Understanding R1-Zero-Like Training: A Critical Perspective
-      <https://arxiv.org/abs/2503.20783>`_, 2025.
-      Zheng et al., `Group Sequence Policy Optimization
-      <https://arxiv.org/abs/2507.18071>`_, 2025.
-      Ye et al., `Mastering Complex Control in MOBA Games with Deep Reinforcement Learning
-      <https://arxiv.org/abs/1912.09729>`_, 2020 (dual clip).
+      Shao et al., [DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
+      Language Models](https://arxiv.org/abs/2402.03300), 2024.
+      Yu et al., [DAPO: An Open-Source LLM Reinforcement Learning System at
+      Scale](https://arxiv.org/abs/2503.14476), 2025.
+      Liu et al., [Understanding R1-Zero-Like Training: A Critical
+      Perspective](https://arxiv.org/abs/2503.20783), 2025.
+      Zheng et al., [Group Sequence Policy
+      Optimization](https://arxiv.org/abs/2507.18071), 2025.
+      Ye et al., [Mastering Complex Control in MOBA Games with Deep Reinforcement
+      Learning](https://arxiv.org/abs/1912.09729), 2020 (dual clip).
     """
     given = {
         "clip_low": clip_low,
@@ -307,7 +307,9 @@ def truncated_is_weights(
 ) -> tuple[Array, dict[str, Array]]:
     r"""Truncated importance weights from the sampler to the trainer (TIS).
 
-    .. math::  w_{i,t} = \min(\exp(\log\pi_{trainer} - \log\pi_{sampler}), C)
+    $$
+    w_{i,t} = \min(\exp(\log\pi_{trainer} - \log\pi_{sampler}), C)
+    $$
 
     computed as ``exp(min(d, log C))`` (no overflow for any finite ``d``), with no gradient.
     The sampler's log-probs differ from the trainer's by numerics (another kernel, dtype or

@@ -53,7 +53,7 @@ def sft_loss(
       finds certain (``p -> 1``) or hopeless (``p -> 0``) weigh little.
 
     ``l`` is reduced over the mask by ``agg`` (default ``token-mean``, the usual SFT loss;
-    see :func:`giftjax.losses.common.aggregate`).
+    see [`aggregate`][giftjax.losses.aggregate]).
 
     Args:
       logps: ``[B, T]`` log-probs of the demonstration tokens (float32 or bfloat16).
@@ -68,9 +68,9 @@ def sft_loss(
       ``sft/phi_mean`` (mean ``phi(p)`` over masked tokens, reported for both weightings).
 
     References:
-      Zhang et al., `On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised
-      Fine-Tuning and Reinforcement Learning via Dynamic Weighting
-      <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD).
+      Zhang et al., [On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised
+      Fine-Tuning and Reinforcement Learning via Dynamic
+      Weighting](https://arxiv.org/abs/2508.11408), 2025 (CHORD).
     """
     check_token_inputs(logps, mask)
     check_choice("weighting", weighting, SFT_WEIGHTINGS)

@@ -36,10 +36,10 @@ def una_loss(
     The implicit reward is the policy/reference log-ratio summed over response tokens,
     squashed into a score in (0, 1):
 
-    .. math::
-
-        k_i = \sum_t m_{i,t} (\log\pi_{i,t} - \log\pi_{ref,i,t}), \qquad
-        s_i = \sigma(\beta k_i)
+    $$
+    k_i = \sum_t m_{i,t} (\log\pi_{i,t} - \log\pi_{ref,i,t}), \qquad
+    s_i = \sigma(\beta k_i)
+    $$
 
     and the per-sequence loss, by ``kind``, with ``y_i = target[i]``:
 
@@ -66,8 +66,8 @@ def una_loss(
       of ``k``), ``una/score_mean`` (mean of ``s``) and ``una/target_mean``.
 
     References:
-      Wang et al., `UNA: Unifying Alignments of RLHF/PPO, DPO and KTO by a Generalized
-      Implicit Reward Function <https://arxiv.org/abs/2408.15339>`_, 2024.
+      Wang et al., [UNA: Unifying Alignments of RLHF/PPO, DPO and KTO by a Generalized
+      Implicit Reward Function](https://arxiv.org/abs/2408.15339), 2024.
     """
     check_token_inputs(logps, mask, {"ref_logps": ref_logps})
     batch = logps.shape[0]

@@ -1,6 +1,6 @@
 """ModelConfig: the hyperparameters of one Llama/Qwen decoder, and Hugging Face config parsing.
 
-One dataclass covers the three families (docs/architecture.md, "A model family"):
+One dataclass covers the three families (docs/development/architecture.md, "A model family"):
 
 - Llama 3/3.1/3.2 (`model_type="llama"`): optional llama3 RoPE scaling, optional biases.
 - Qwen2/Qwen2.5 (`model_type="qwen2"`): bias on the q/k/v projections (not on o).

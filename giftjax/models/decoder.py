@@ -1,20 +1,22 @@
 """The Llama/Qwen decoder in Flax NNX, with a full-sequence path and a KV-cache path.
 
 Calling convention (shape letters: B rows, T tokens in this call, S cache slots, V vocab,
-D width, L layers, K kv heads, H head dim)::
+D width, L layers, K kv heads, H head dim):
 
-    model = Decoder(config, rngs=nnx.Rngs(0))        # or giftjax.models.load_hf(path, ...)
+```
+model = Decoder(config, rngs=nnx.Rngs(0))        # or giftjax.models.load_hf(path, ...)
 
-    # 1. Full forward (training, scoring):
-    logits = model(tokens, attention_mask)             # tokens [B, T] int, mask [B, T] (1 = real)
-    hidden = model(tokens, attention_mask, return_hidden=True)   # [B, T, D] after the final norm
-    lm_head = model.lm_head_weight()                   # [D, V] (embedding.T when tied)
+# 1. Full forward (training, scoring):
+logits = model(tokens, attention_mask)             # tokens [B, T] int, mask [B, T] (1 = real)
+hidden = model(tokens, attention_mask, return_hidden=True)   # [B, T, D] after the final norm
+lm_head = model.lm_head_weight()                   # [D, V] (embedding.T when tied)
 
-    # 2. Generation with a preallocated cache:
-    cache = model.init_cache(batch=B, max_len=S)       # KVCache, all slots empty
-    logits, cache = model(prompt_ids, prompt_mask, cache=cache)      # prefill, T = prompt length
-    logits, cache = model.decode_step(next_ids[:, None], cache=cache)  # decode, T = 1
-    # ... repeat decode; each call writes T slots.
+# 2. Generation with a preallocated cache:
+cache = model.init_cache(batch=B, max_len=S)       # KVCache, all slots empty
+logits, cache = model(prompt_ids, prompt_mask, cache=cache)      # prefill, T = prompt length
+logits, cache = model.decode_step(next_ids[:, None], cache=cache)  # decode, T = 1
+# ... repeat decode; each call writes T slots.
+```
 
 - `model(tokens, mask, cache=cache)` takes any T >= 1 (prefill, a chunk, or one token): every
   layer writes the T keys/values into the stacked cache and attends over all S slots.

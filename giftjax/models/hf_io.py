@@ -7,24 +7,22 @@ weights as one `model.safetensors` or shards listed in `model.safetensors.index.
 Name and layout mapping (transformers stores `nn.Linear.weight` as [out, in]; giftjax stores
 [in, out] split by heads, with the L layers stacked on a leading axis):
 
-======================================  ==========================  ==================
-transformers name (layer i)             giftjax path                giftjax shape
-======================================  ==========================  ==================
-model.embed_tokens.weight [V, D]        embed                       [V, D]
-model.norm.weight [D]                   final_norm/weight           [D]
-lm_head.weight [V, D] (untied only)     lm_head                     [D, V]
-...input_layernorm.weight [D]           layers/input_norm/weight    [L, D]
-...post_attention_layernorm.weight      layers/post_attn_norm/weight [L, D]
-...self_attn.q_proj.weight [N*H, D]     layers/attn/q_proj          [L, D, N, H]
-...self_attn.k_proj.weight [K*H, D]     layers/attn/k_proj (and v)  [L, D, K, H]
-...self_attn.o_proj.weight [D, N*H]     layers/attn/o_proj          [L, N, H, D]
-...self_attn.q_proj.bias [N*H]          layers/attn/q_bias (k, v)   [L, N, H]
-...self_attn.o_proj.bias [D]            layers/attn/o_bias          [L, D]
-...self_attn.q_norm.weight [H]          layers/attn/q_norm/weight   [L, H]  (k_norm too)
-...mlp.gate_proj.weight [F, D]          layers/mlp/gate_proj (up)   [L, D, F]
-...mlp.down_proj.weight [D, F]          layers/mlp/down_proj        [L, F, D]
-...mlp.gate_proj.bias [F] (up, down)    layers/mlp/gate_bias ...    [L, F] / [L, D]
-======================================  ==========================  ==================
+| transformers name (layer i) | giftjax path | giftjax shape |
+|---|---|---|
+| model.embed_tokens.weight [V, D] | embed | [V, D] |
+| model.norm.weight [D] | final_norm/weight | [D] |
+| lm_head.weight [V, D] (untied only) | lm_head | [D, V] |
+| ...input_layernorm.weight [D] | layers/input_norm/weight | [L, D] |
+| ...post_attention_layernorm.weight | layers/post_attn_norm/weight | [L, D] |
+| ...self_attn.q_proj.weight [N*H, D] | layers/attn/q_proj | [L, D, N, H] |
+| ...self_attn.k_proj.weight [K*H, D] | layers/attn/k_proj (and v) | [L, D, K, H] |
+| ...self_attn.o_proj.weight [D, N*H] | layers/attn/o_proj | [L, N, H, D] |
+| ...self_attn.q_proj.bias [N*H] | layers/attn/q_bias (k, v) | [L, N, H] |
+| ...self_attn.o_proj.bias [D] | layers/attn/o_bias | [L, D] |
+| ...self_attn.q_norm.weight [H] | layers/attn/q_norm/weight | [L, H]  (k_norm too) |
+| ...mlp.gate_proj.weight [F, D] | layers/mlp/gate_proj (up) | [L, D, F] |
+| ...mlp.down_proj.weight [D, F] | layers/mlp/down_proj | [L, F, D] |
+| ...mlp.gate_proj.bias [F] (up, down) | layers/mlp/gate_bias ... | [L, F] / [L, D] |
 
 With a mesh, every parameter goes straight into its sharding: each host reads the layer tensors
 from the memory-mapped safetensors files one at a time, keeps only the slices its own devices

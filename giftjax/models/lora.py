@@ -14,7 +14,7 @@ How it is wired (qwix 0.1.8, ``qwix.LoraProvider``):
   plain ``x @ w`` is not intercepted), so either form of a projection works.
 - qwix creates missing adapters lazily on the first call, one per module. The decoder's layers
   are stacked on a leading ``layers`` axis and run under ``nnx.scan``, where a new variable
-  cannot appear, so :func:`apply_lora` creates the stacked adapters up front ([L, ...], with
+  cannot appear, so `apply_lora` creates the stacked adapters up front ([L, ...], with
   qwix's own initialisers: ``A`` he-uniform, ``B`` zeros) under the names qwix looks for, and
   qwix finds them inside the scan.
 - qwix wraps one method of an NNX model (``__call__``); the sampler's ``decode_step`` and the
@@ -26,15 +26,13 @@ How it is wired (qwix 0.1.8, ``qwix.LoraProvider``):
 Adapter layouts (per layer; a leading L axis in the model), chosen so that qwix's einsum and
 dot_general paths both read them:
 
-=========  ==================  ==================
-target     A                   B
-=========  ==================  ==================
-q          [D, r]              [r, N, H]
-k, v       [D, r]              [r, K, H]
-o          [N, H, r]           [r, D]
-gate, up   [D, r]              [r, F]
-down       [F, r]              [r, D]
-=========  ==================  ==================
+| target | A | B |
+|---|---|---|
+| q | [D, r] | [r, N, H] |
+| k, v | [D, r] | [r, K, H] |
+| o | [N, H, r] | [r, D] |
+| gate, up | [D, r] | [r, F] |
+| down | [F, r] | [r, D] |
 
 Norm tuning (``train_norms=True``, off by default as in PEFT): every RMSNorm gain ``w``
 (each layer's input and post-attention norms, Qwen3's q/k norms, the final norm) gets a trainable
@@ -46,9 +44,9 @@ become. Tuning the gains (a few thousand numbers) lifts that cap; PEFT saves the
 ``modules_to_save``.
 
 The adapters are ``nnx.LoRAParam`` variables (a subclass of ``nnx.Param``): filter the state
-with :data:`ADAPTERS` to get them, and with :func:`base_state` for the frozen weights. The
+with `ADAPTERS` to get them, and with `base_state` for the frozen weights. The
 base model (adapters off, e.g. the reference policy) is ``nnx.merge(base_graphdef,
-base_state(state))`` with the graphdef :func:`apply_lora` returns: no copy of the weights.
+base_state(state))`` with the graphdef `apply_lora` returns: no copy of the weights.
 """
 
 from __future__ import annotations
@@ -86,7 +84,7 @@ TARGETS: dict[str, tuple[str, str]] = {
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
     """What to adapt: ``rank`` r >= 1, ``alpha`` (the update is scaled by alpha / r), the
-    ``targets`` (names from :data:`TARGETS`), and whether the RMSNorm gains train
+    ``targets`` (names from `TARGETS`), and whether the RMSNorm gains train
     (``train_norms``: an offset per gain, see the module docstring)."""
 
     rank: int
@@ -210,7 +208,7 @@ def norm_paths(config: ModelConfig) -> tuple[tuple[str, ...], ...]:
 
 
 def norm_module(model: Decoder, path: tuple[str, ...]) -> nnx.Module:
-    """The RMSNorm module at ``path`` (see :func:`norm_paths`)."""
+    """The RMSNorm module at ``path`` (see `norm_paths`)."""
     return functools.reduce(getattr, path, model)
 
 
@@ -247,7 +245,7 @@ def apply_lora(
       model: a Decoder (its weights become the frozen base; the model itself is left as is).
       rank: r >= 1.
       alpha: the update is scaled by alpha / r (PEFT's ``lora_alpha``).
-      targets: names from :data:`TARGETS`, e.g. ``"q,k,v,o,gate,up,down"``.
+      targets: names from `TARGETS`, e.g. ``"q,k,v,o,gate,up,down"``.
       seed: seeds the A initialisation.
       train_norms: also train an offset on every RMSNorm gain (see the module docstring).
 
@@ -313,7 +311,7 @@ def split_trainable(state: nnx.State, lora: bool) -> tuple[nnx.State, nnx.State]
 
 
 def merge_trainable(trainable: nnx.State, frozen: nnx.State) -> nnx.State:
-    """Inverse of :func:`split_trainable`.
+    """Inverse of `split_trainable`.
 
     The frozen part is rebuilt (new Variable objects over the same arrays): a loss that closes
     over it is then traced at the level of its caller, as NNX's lifted transforms (``nnx.scan``

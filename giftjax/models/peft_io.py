@@ -5,16 +5,13 @@ A PEFT adapter folder holds `adapter_config.json` (a `LoraConfig`: `r`, `lora_al
 loads onto the transformers model. Per layer i and target module, with transformers' Linear
 layout ([out, in]) and the LoRA update `(lora_alpha / r) * lora_B @ lora_A`:
 
-=====================================================================  =====================
-PEFT name                                                              giftjax (layer i)
-=====================================================================  =====================
-base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, D]  q_proj_lora_a [D, r]
-base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight [N*H, r]
-                                                                       q_proj_lora_b [r, N, H]
-... k_proj, v_proj (K*H), o_proj (lora_A [r, N*H], lora_B [D, r])
-base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight [r, D]    gate_proj_lora_a [D, r]
-... up_proj, down_proj (lora_A [r, F], lora_B [D, r])
-=====================================================================  =====================
+| PEFT name | giftjax (layer i) |
+|---|---|
+| base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, D] | q_proj_lora_a [D, r] |
+|base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight [N*H, r]|q_proj_lora_b [r, N, H]|
+| ... k_proj, v_proj (K*H), o_proj (lora_A [r, N*H], lora_B [D, r]) |  |
+| base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight [r, D] | gate_proj_lora_a [D, r] |
+| ... up_proj, down_proj (lora_A [r, F], lora_B [D, r]) |  |
 
 so ``lora_A = A.reshape(-1, r).T`` and ``lora_B = B.reshape(r, -1).T`` (the head split of
 giftjax's weights flattens head-major, as `hf_io` does). Only plain LoRA is written and read
@@ -100,7 +97,8 @@ def save_peft(
     """Writes ``model``'s adapters as a PEFT LoRA adapter folder (float32 tensors).
 
     Args:
-      model: a Decoder with adapters (``lora.apply_lora`` or :func:`load_peft`).
+      model: a Decoder with adapters (``lora.apply_lora`` or
+        [`load_peft`][giftjax.models.load_peft]).
       path: the output folder (created).
       base_model_name_or_path: recorded in ``adapter_config.json`` (PEFT loads the adapter
         onto whatever base model it is given; this only documents which one).

@@ -6,17 +6,16 @@ of the released Hugging Face `config.json` files.
 
 Parameter counts (embeddings included; `jax.eval_shape` of the model gives the same):
 
-==================  ==============
-preset              parameters
-==================  ==============
-tiny                   see config
-qwen2.5-0.5b          494,032,768
-qwen2.5-1.5b        1,543,714,304
-qwen2.5-7b          7,615,616,512
-qwen2.5-32b        32,763,876,352
-llama3.1-8b         8,030,261,248
-qwen3-8b            8,190,735,360
-==================  ==============
+| preset | parameters |
+|---|---|
+| tiny | see config |
+| qwen2.5-0.5b | 494,032,768 |
+| qwen2.5-1.5b | 1,543,714,304 |
+| qwen2.5-7b | 7,615,616,512 |
+| qwen2.5-32b | 32,763,876,352 |
+| llama3.1-8b | 8,030,261,248 |
+| qwen3-8b | 8,190,735,360 |
+
 """
 
 from __future__ import annotations

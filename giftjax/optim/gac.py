@@ -15,8 +15,8 @@ inverse-variance weighting when the two signals agree (``D^2 = 0``) and ``alpha`
 disagree strongly.
 
 References:
-  `GAC, noise-aware mixing of SFT and RL gradients in hybrid post-training
-  <https://arxiv.org/abs/2605.26184>`_, 2026.
+  [GAC, noise-aware mixing of SFT and RL gradients in hybrid
+  post-training](https://arxiv.org/abs/2605.26184), 2026.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ MODES = ("adaptive", "fixed", "prior")
 
 
 class GacState(NamedTuple):
-    """State of :func:`gac`: scalars of fixed dtype only (jit- and orbax-friendly)."""
+    """State of [`gac`][giftjax.optim.gac.gac]: scalars of fixed dtype only (jit- and
+    orbax-friendly)."""
 
     count: Array  # () int32: updates made so far (t of the next update)
     mu: Array  # () float32: SFT weight in force (applied at the last update; `init` before any)
@@ -128,11 +129,11 @@ def gac(
     and then forms ``(1 - mu_t) L_RL + mu_t L_SFT`` for the same batch. (For the ``gradient``
     estimator the statistics need this step's gradients, which ``update`` holds.)
 
-    .. math::
-
-      \\mu_t = \\Pi_{[lo, hi]}\\Big(\\Pi_{[\\mu_{t-1} \\pm \\delta]}\\big((1 - \\lambda)
-        \\pi(t) + \\lambda \\bar\\mu_t\\big)\\Big), \\qquad
-      g_t = (1 - \\mu_t)\\, g_{rl} + \\mu_t\\, g_{sft}
+    $$
+    \\mu_t = \\Pi_{[lo, hi]}\\Big(\\Pi_{[\\mu_{t-1} \\pm \\delta]}\\big((1 - \\lambda)
+      \\pi(t) + \\lambda \\bar\\mu_t\\big)\\Big), \\qquad
+    g_t = (1 - \\mu_t)\\, g_{rl} + \\mu_t\\, g_{sft}
+    $$
 
     Every numeric hyperparameter (``alpha``, ``blend``, ``ema``, ``refresh_every``,
     ``max_step``, ``init``, ``smooth``, ``eps``, ``disagreement_cap``, and ``prior`` as a
@@ -144,7 +145,8 @@ def gac(
     Args:
       alpha: the SFT share of the target ``alpha g_sft* + (1 - alpha) g_rl*``; ``mu_raw``
         tends to it when the signals disagree strongly.
-      prior: an optax schedule ``step -> mu`` (or a constant), default :func:`chord_prior`.
+      prior: an optax schedule ``step -> mu`` (or a constant), default
+        [`chord_prior`][giftjax.optim.chord_prior].
       blend: ``lambda``, the weight of the smoothed estimate against the prior.
       ema: EMA coefficient of the statistics, per refresh.
       refresh_every: steps between refreshes of the statistics.
@@ -157,7 +159,7 @@ def gac(
         ``rl_num_microbatches`` if it differs), ``s^2 = (sum_k |g_k|^2 - K |g_mean|^2) / (K
         (K - 1))`` with ``g_mean`` the tree passed in, ``D^2 = |g_sft - g_rl|^2 - s_sft^2 -
         s_rl^2`` clamped at 0; needs K >= 2. ``"proxy"``: ``gac_stats`` holds ``sft_var``,
-        ``rl_var`` and ``disagreement`` from :func:`giftjax.optim.gac_proxy_stats`.
+        ``rl_var`` and ``disagreement`` from [`gac_proxy_stats`][giftjax.optim.gac_proxy_stats].
       mode: ``"adaptive"`` (the controller above), ``"fixed"`` (``mu = init`` always) or
         ``"prior"`` (``mu = prior(t)`` alone, without smoothing, cap or bounds: the CHORD
         baseline). The baselines still track statistics, ``mu_raw`` and ``mu_smooth`` when
@@ -171,7 +173,7 @@ def gac(
       K < 2, or a non-finite or negative value) skip the refresh: the EMA is held, and before
       any refresh ``mu_raw = 0.5``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> from giftjax import optim
       >>> params = {"w": jnp.zeros(3)}
@@ -184,9 +186,9 @@ def gac(
       (0.75, 0.49)
 
     References:
-      `GAC <https://arxiv.org/abs/2605.26184>`_, 2026 (the controller, the ``proxy``
-      estimator and the ``anchored`` smoothing of its code); Zhang et al., `On-Policy RL
-      Meets Off-Policy Experts <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD, the prior).
+      [GAC](https://arxiv.org/abs/2605.26184), 2026 (the controller, the ``proxy``
+      estimator and the ``anchored`` smoothing of its code); Zhang et al., [On-Policy RL
+      Meets Off-Policy Experts](https://arxiv.org/abs/2508.11408), 2025 (CHORD, the prior).
     """
     check_unit("alpha", alpha)
     check_unit("blend", blend)
@@ -340,10 +342,12 @@ def gac(
 
 
 def find_gac_state(opt_state: Any, *, required: bool = True) -> GacState | None:
-    """The one :class:`GacState` inside an optimiser state (e.g. an ``optax.chain``'s).
+    """The one [`GacState`][giftjax.optim.GacState] inside an optimiser state (e.g. an
+    ``optax.chain``'s).
 
     Args:
-      opt_state: any optimiser state pytree (a :class:`GacState` itself included).
+      opt_state: any optimiser state pytree (a [`GacState`][giftjax.optim.GacState] itself
+        included).
       required: raise when there is none (else return None). More than one always raises.
     """
     found = [
@@ -362,7 +366,7 @@ def find_gac_state(opt_state: Any, *, required: bool = True) -> GacState | None:
 
 
 def gac_metrics(opt_state: Any) -> dict[str, Array]:
-    """Scalars to log every step from a state holding a :class:`GacState`.
+    """Scalars to log every step from a state holding a [`GacState`][giftjax.optim.GacState].
 
     Returns ``gac/mu`` (the weight applied at the last update), ``gac/mu_raw``,
     ``gac/mu_smooth``, ``gac/prior``, ``gac/sft_var``, ``gac/rl_var``, ``gac/disagreement``

@@ -29,7 +29,7 @@ class GacStats(NamedTuple):
     Fill the fields of the transformation's estimator and leave the others ``None``:
 
     - ``estimator="proxy"``: ``GacStats(sft_var, rl_var, disagreement)``, the loss-side
-      statistics of :func:`giftjax.optim.gac_proxy_stats`.
+      statistics of [`gac_proxy_stats`][giftjax.optim.gac_proxy_stats].
     - ``estimator="gradient"``: ``GacStats(sft_sq_norm_sum=..., rl_sq_norm_sum=...,
       num_microbatches=K)``; ``sum_k |g_k|^2`` over the K micro-batch gradients of each branch,
       whose plain mean is the tree passed to ``update`` (``D^2`` is computed inside from the two

@@ -6,7 +6,7 @@ rows are demonstrations. Shape letters: ``B`` sequences (demonstrations and roll
 any order), ``T`` response tokens.
 
 References:
-  `GAC <https://arxiv.org/abs/2605.26184>`_, 2026.
+  [GAC](https://arxiv.org/abs/2605.26184), 2026.
 """
 
 from __future__ import annotations

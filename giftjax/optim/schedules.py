@@ -5,8 +5,8 @@ without any noise estimate). GAC pulls its estimate towards it (``blend``); ``ga
 uses it alone, which is the CHORD baseline.
 
 References:
-  Zhang et al., `On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised Fine-Tuning and
-  Reinforcement Learning via Dynamic Weighting <https://arxiv.org/abs/2508.11408>`_, 2025 (CHORD).
+  Zhang et al., [On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised Fine-Tuning and
+  Reinforcement Learning via Dynamic Weighting](https://arxiv.org/abs/2508.11408), 2025 (CHORD).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ def chord_prior(
 ) -> optax.Schedule:
     """The CHORD schedule of the SFT weight: linear warm-up, then cosine decay.
 
-    .. math::
-
-      \\mu_{prior}(t) = \\begin{cases}
-        peak \\cdot t / warmup & t < warmup \\\\
-        valley + (peak - valley) \\tfrac{1}{2}(1 + \\cos(\\pi (t - warmup) / decay))
-          & warmup \\le t < warmup + decay \\\\
-        valley & t \\ge warmup + decay
-      \\end{cases}
+    $$
+    \\mu_{prior}(t) = \\begin{cases}
+      peak \\cdot t / warmup & t < warmup \\\\
+      valley + (peak - valley) \\tfrac{1}{2}(1 + \\cos(\\pi (t - warmup) / decay))
+        & warmup \\le t < warmup + decay \\\\
+      valley & t \\ge warmup + decay
+    \\end{cases}
+    $$
 
     ``t`` is the number of updates made before this one (0 on the first), as in every optax
     schedule.
@@ -57,7 +57,7 @@ def chord_prior(
     Returns:
       An optax schedule: ``step`` (int scalar, traced or not) -> float32 scalar.
 
-    Example:
+    Examples:
       >>> from giftjax import optim
       >>> prior = optim.chord_prior()
       >>> [round(float(prior(t)), 4) for t in (0, 100, 200, 600, 1000)]

@@ -1,17 +1,17 @@
 """Final-answer extraction from untrusted completions: linear-time, size-bounded string code.
 
 Everything here is pure Python string work whose cost is linear in the input (bounded by
-:data:`MAX_COMPLETION_CHARS`), so it can run before any parser with super-linear behaviour
+`MAX_COMPLETION_CHARS`), so it can run before any parser with super-linear behaviour
 (sympy, antlr). Model output is hostile by assumption: a completion that is too long, holds a
-NUL byte or is not valid Unicode (lone surrogates) is refused by :func:`screen`; a boxed answer
-that is unbalanced, too long or too deeply nested is refused by :func:`last_boxed`.
+NUL byte or is not valid Unicode (lone surrogates) is refused by `screen`; a boxed answer
+that is unbalanced, too long or too deeply nested is refused by `last_boxed`.
 
 Two answer forms:
-  - Numbers (GSM8K): :func:`final_number` reads ``#### N``, ``\\boxed{N}``, ``The answer is N``,
-    ``A: N``, else the last number, as an exact :class:`fractions.Fraction` (``$``, thousands
+  - Numbers (GSM8K): `final_number` reads ``#### N``, ``\\boxed{N}``, ``The answer is N``,
+    ``A: N``, else the last number, as an exact `fractions.Fraction` (``$``, thousands
     commas, units and trailing ``.0`` do not matter: ``$1,000.00 dollars`` -> 1000).
-  - LaTeX (MATH): :func:`last_boxed` returns the content of the last ``\\boxed{...}`` or
-    ``\\fbox{...}``; :func:`normalize_latex` gives the string that the string fallback compares.
+  - LaTeX (MATH): `last_boxed` returns the content of the last ``\\boxed{...}`` or
+    ``\\fbox{...}``; `normalize_latex` gives the string that the string fallback compares.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ def last_boxed(
 
     Braces nest (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); ``\\{ \\}`` inside are literal.
     Only the last box counts: if it is unclosed, empty, longer than ``max_chars`` or nested
-    deeper than ``max_nesting`` (:func:`nesting_depth`), the result is None. Linear in
-    ``len(text)``; call :func:`screen` first on untrusted text.
+    deeper than ``max_nesting`` (`nesting_depth`), the result is None. Linear in
+    ``len(text)``; call `screen` first on untrusted text.
 
     Args:
       text: a completion or a reference solution.
@@ -157,7 +157,7 @@ def parse_number(token: str) -> Fraction | None:
 
 
 def first_number(text: str) -> Fraction | None:
-    """Returns the value of the first number in ``text`` (see :data:`_NUMBER_RE`), or None.
+    """Returns the value of the first number in ``text`` (see `_NUMBER_RE`), or None.
 
     Whatever surrounds the number is ignored, so ``$``, units and words do not matter:
     ``"$1,000.00 per day"`` -> 1000. Unicode minus signs count as ``-``.
@@ -210,10 +210,10 @@ def marked_number(text: str) -> Fraction | None:
 
 
 def final_number(text: str) -> Fraction | None:
-    """Returns a GSM8K-style final answer: :func:`marked_number`, else the last number.
+    """Returns a GSM8K-style final answer: `marked_number`, else the last number.
 
     Works on completions and on references alike: a bare number (``"1,600"``) or a full GSM8K
-    solution ending in ``#### N``. Call :func:`screen` first on untrusted text.
+    solution ending in ``#### N``. Call `screen` first on untrusted text.
 
     Returns:
       The exact value, or None if ``text`` holds no readable number.

@@ -1,4 +1,4 @@
-"""General-purpose rewards, registered when :mod:`giftjax.rewards` is imported.
+"""General-purpose rewards, registered when [`giftjax.rewards`][giftjax.rewards] is imported.
 
 Task-specific scorers (math answers, the synthetic task) live with their tasks.
 """

@@ -1,6 +1,6 @@
 """One reward call on one row, and the check of what it returned.
 
-Both executors (threads and processes) run :func:`call_reward`, so a call is judged the same
+Both executors (threads and processes) run `call_reward`, so a call is judged the same
 way wherever it runs. Everything here is plain data that pickles (it crosses process pipes).
 """
 
@@ -64,7 +64,7 @@ def check_output(output: Any) -> Outcome:
       output: the function's return value for lists of length 1.
 
     Returns:
-      The value as an :class:`Outcome`, or a BAD_OUTPUT / NON_FINITE failure.
+      The value as an `Outcome`, or a BAD_OUTPUT / NON_FINITE failure.
     """
     if isinstance(output, (str, bytes, Mapping)) or not isinstance(output, (Sequence, np.ndarray)):
         return failure(

@@ -1,28 +1,28 @@
 """Verified math rewards: ``gsm8k`` (numbers), ``math`` (LaTeX, math-verify) and ``format``.
 
 Completions are untrusted model output. Every reward here first reads them with the
-linear-time, size-bounded code of :mod:`giftjax.rewards.answers` (too long, NUL bytes, invalid
+linear-time, size-bounded code of `giftjax.rewards.answers` (too long, NUL bytes, invalid
 Unicode, unbalanced or over-nested boxes: 0 at once). Only ``math`` then calls sympy, through
 math-verify, on an answer of at most ``MAX_ANSWER_CHARS`` characters and ``MAX_NESTING`` levels.
 sympy can still take minutes on a short input (``9^{9^{9^9}}``), so:
 
   - in a process's main thread each math-verify step runs under a SIGALRM limit of
-    :data:`SYMPY_TIMEOUT_S` seconds (math-verify's own mechanism; it interrupts Python code,
+    `SYMPY_TIMEOUT_S` seconds (math-verify's own mechanism; it interrupts Python code,
     not a long C call);
-  - the hard guarantee is :class:`giftjax.rewards.RewardRunner` with ``executor="process"``:
-    each row is one call in a worker process that is killed when it runs past ``time_limit``,
-    and the row scores 0. Use it for ``math``, with ``workers`` = the host's cores for
-    parallel scoring. The thread executor cannot stop a runaway sympy call.
+  - the hard guarantee is [`RewardRunner`][giftjax.rewards.RewardRunner] with
+    ``executor="process"``: each row is one call in a worker process that is killed when it runs
+    past ``time_limit``, and the row scores 0. Use it for ``math``, with ``workers`` = the host's
+    cores for parallel scoring. The thread executor cannot stop a runaway sympy call.
 
 This module imports math-verify (and sympy) at import time on purpose: a worker process imports
 it while starting, so the ~0.5 s import is never charged to a call's time limit.
 
 Rewards (all ``fn(prompts, completions, *, answer, **unused_columns) -> list[float]``):
-  - ``gsm8k``: 1.0 if the completion's final number (:func:`answers.final_number`) equals the
+  - ``gsm8k``: 1.0 if the completion's final number (`answers.final_number`) equals the
     reference's, exactly, else 0.0. The reference may be a bare number or a GSM8K solution
     ending in ``#### N``.
   - ``math``: 1.0 if the last ``\\boxed{...}`` of the completion is equivalent to the reference
-    (:func:`latex_equivalent`), else 0.0. The reference may be a bare LaTeX answer or a
+    (`latex_equivalent`), else 0.0. The reference may be a bare LaTeX answer or a
     solution with a ``\\boxed{...}``.
   - ``format``: 1.0 if the completion states a final answer the extractors can read, else 0.0
     (no sympy; give it a small weight, e.g. 0.1).
@@ -66,7 +66,7 @@ def _parse_latex(answer: str) -> list[Any]:
 def latex_equivalent(gold: str, pred: str) -> bool:
     """Whether the LaTeX answer ``pred`` is mathematically equal to the reference ``gold``.
 
-    ``normalize_latex(gold) == normalize_latex(pred)`` (see :func:`answers.normalize_latex`)
+    ``normalize_latex(gold) == normalize_latex(pred)`` (see `answers.normalize_latex`)
     settles it without sympy; otherwise both are parsed by math-verify and compared with
     ``math_verify.verify`` (symbolic, then numeric to 6 decimals; intervals, sets, tuples and
     matrices element-wise): ``\\frac{14}{3}`` = ``14/3`` = ``4\\frac{2}{3}``, ``0.5`` =
@@ -89,9 +89,9 @@ def latex_equivalent(gold: str, pred: str) -> bool:
 def sympy_equivalent(gold: str, pred: str) -> bool:
     """math-verify's verdict alone (no string shortcut): both parsed, then ``verify``.
 
-    Each of the three steps runs under :data:`SYMPY_TIMEOUT_S` in a main thread; an answer that
+    Each of the three steps runs under `SYMPY_TIMEOUT_S` in a main thread; an answer that
     does not parse (or a step that times out) is not equal. Arguments as
-    :func:`latex_equivalent`.
+    `latex_equivalent`.
     """
     gold_parsed = _parse_latex(gold)
     pred_parsed = _parse_latex(pred) if gold_parsed else []
@@ -105,7 +105,7 @@ def reference_latex(reference: Any) -> str:
 
     Raises:
       ValueError: if the reference is empty, holds a ``\\boxed`` that cannot be read, or is
-        longer or deeper than the limits of :mod:`giftjax.rewards.answers`.
+        longer or deeper than the limits of `giftjax.rewards.answers`.
     """
     text = str(reference)
     gold = answers.last_boxed(text) if "\\boxed" in text or "\\fbox" in text else text.strip()
@@ -157,7 +157,7 @@ def gsm8k(
 
     ``r_i = 1[final_number(completion_i) == final_number(answer_i)]``, compared exactly as
     fractions after ``$``, thousands commas and units are dropped (``18.0`` = ``18`` =
-    ``$18 dollars``). See :func:`answers.final_number` for the markers read.
+    ``$18 dollars``). See `answers.final_number` for the markers read.
 
     Args:
       prompts: [B] prompts (unused).
@@ -193,7 +193,7 @@ def math_reward(
     """1.0 where the completion's last boxed answer is equivalent to the reference, else 0.0.
 
     ``r_i = 1[latex_equivalent(reference_latex(answer_i), last_boxed(completion_i))]``; a
-    completion refused by :func:`answers.screen` or without a readable last box scores 0.
+    completion refused by `answers.screen` or without a readable last box scores 0.
 
     Args:
       prompts: [B] prompts (unused).
@@ -219,10 +219,10 @@ def math_reward(
 
 
 def has_final_answer(completion: str) -> bool:
-    """Whether ``completion`` passes :func:`answers.screen` and states a readable final answer.
+    """Whether ``completion`` passes `answers.screen` and states a readable final answer.
 
     Readable: a last ``\\boxed{...}`` within the size and nesting limits, or a number after
-    ``####``, ``The answer is`` or ``A:`` (:func:`answers.marked_number`). A bare trailing
+    ``####``, ``The answer is`` or ``A:`` (`answers.marked_number`). A bare trailing
     number does not count: it follows no template.
     """
     text = answers.screen(completion)
@@ -235,7 +235,7 @@ def has_final_answer(completion: str) -> bool:
 def format_reward(
     prompts: Sequence[str], completions: Sequence[str], **unused_columns: Sequence[Any]
 ) -> list[float]:
-    """1.0 where the completion follows an answer template (:func:`has_final_answer`), else 0.
+    """1.0 where the completion follows an answer template (`has_final_answer`), else 0.
 
     Meant as a small shaping term next to ``gsm8k`` or ``math`` (weight ~0.1). Linear time,
     no sympy: safe on the thread executor.

@@ -13,7 +13,7 @@ _IDLE_POLL_S = 1.0  # how long to wait when no call is running (workers still st
 
 
 class Pool(Protocol):
-    """What :func:`run_calls` needs from a pool of workers (threads or processes)."""
+    """What `run_calls` needs from a pool of workers (threads or processes)."""
 
     def idle_workers(self) -> list[int]: ...
 

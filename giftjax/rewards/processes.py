@@ -96,14 +96,14 @@ class _Worker:
 
 
 class ProcessPool:
-    """``size`` worker processes; each runs one call at a time, sent to it by :meth:`submit`.
+    """``size`` worker processes; each runs one call at a time, sent to it by `submit`.
 
     The constructor returns once every worker has imported the rewards (or raises).
 
     Args:
       fns: registered name -> function, for every name a call may use.
       size: number of worker processes (the parallelism).
-      start_method: "forkserver" or "spawn"; None picks :func:`default_start_method`.
+      start_method: "forkserver" or "spawn"; None picks `default_start_method`.
 
     Raises:
       ValueError: on an unknown start method.

@@ -1,13 +1,16 @@
 """Name -> reward function registry.
 
-A reward function follows the protocol of :mod:`giftjax.rewards`::
+A reward function follows the protocol of [`giftjax.rewards`][giftjax.rewards]:
 
-    fn(prompts: list[str], completions: list[str], **columns) -> Sequence[float]
+```
+fn(prompts: list[str], completions: list[str], **columns) -> Sequence[float]
+```
 
-one value per completion. Register it under a name with :func:`register`, look it up with
-:func:`get`. Registration happens at import time of the module that defines the function, so a
-reward used with ``RewardRunner(executor="process")`` must be registered at module level in an
-importable module (the worker processes import that module and look the function up by name).
+one value per completion. Register it under a name with [`register`][giftjax.rewards.register], look
+it up with [`get`][giftjax.rewards.get]. Registration happens at import time of the module that
+defines the function, so a reward used with ``RewardRunner(executor="process")`` must be registered
+at module level in an importable module (the worker processes import that module and look the
+function up by name).
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ def qualified_name(fn: Any) -> str:
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
     """Returns a decorator that registers a reward function under ``name``.
 
-    Example::
+    Examples:
 
+        ```
         from giftjax import rewards
 
         @rewards.register("starts_with_answer")
         def starts_with_answer(prompts, completions, *, answer, **unused_columns):
             return [float(c.strip().startswith(str(a))) for c, a in zip(completions, answer)]
+        ```
 
     Registering the same definition again (same module and qualified name, as when a module is
     re-imported or reloaded) replaces the entry; any other function under a taken name is an

@@ -51,8 +51,9 @@ class RewardRunner:
         workers import the main module (once per worker with "spawn", once in all with
         "forkserver"), which is most of their start-up time when it imports JAX.
 
-    Example::
+    Examples:
 
+        ```
         from giftjax import rewards
 
         @rewards.register("has_answer")  # in an importable module, e.g. my_project/rewards.py
@@ -62,6 +63,7 @@ class RewardRunner:
         with rewards.RewardRunner({"has_answer": 1.0, "length": 0.1}, time_limit=5.0) as run:
             result = run(["1+1="], ["2"], {"answer": ["2"]}, step=0)
         result.total  # array([0.9999], dtype=float32): 1.0 * 1.0 + 0.1 * (-1 / 1000)
+        ```
 
     Not thread-safe: call it from one thread at a time.
 
@@ -134,7 +136,7 @@ class RewardRunner:
           step: the training step, written to the error log.
 
         Returns:
-          A :class:`RewardResult`.
+          A [`RewardResult`][giftjax.rewards.RewardResult].
 
         Raises:
           ValueError: if the lengths differ, an entry is not a string, or a column is named

@@ -1,9 +1,9 @@
 """The synthetic task's reward, registered as ``synthetic``.
 
-The scorer lives with the task (:func:`giftjax.data.synthetic.score`, partial credit in
+The scorer lives with the task ([`score`][giftjax.data.score], partial credit in
 [0, 1], 1.0 exactly for the right answer); this module only registers it under the reward
 protocol. The task module is imported when the reward is first called, so importing
-:mod:`giftjax.rewards` (as the process executor's workers do) stays light.
+[`giftjax.rewards`][giftjax.rewards] (as the process executor's workers do) stays light.
 """
 
 from __future__ import annotations

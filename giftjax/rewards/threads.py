@@ -33,7 +33,7 @@ def _thread_main(
 
 
 class ThreadPool:
-    """``size`` worker threads; each runs one call at a time, sent to it by :meth:`submit`.
+    """``size`` worker threads; each runs one call at a time, sent to it by `submit`.
 
     Args:
       fns: registered name -> function, for every name a call may use.

@@ -1,4 +1,5 @@
-"""Jitted on-policy generation with a KV cache: G samples per prompt (docs/architecture.md 2, 4).
+"""Jitted on-policy generation with a KV cache: G samples per prompt
+(docs/development/architecture.md 2, 4).
 
 `generate` takes left-padded prompts [P, T], repeats each prompt `num_samples` (= G) times so
 that the samples of prompt g are the contiguous rows `g*G .. g*G+G-1` (the losses' layout),
@@ -88,7 +89,7 @@ def generate_fn(
     `fn(state, prompt_ids, prompt_mask, key) -> SampleOutput` is `generate` with every static
     setting bound (the model's graphdef and the sampling settings), so it can be lowered and
     compiled ahead of time from abstract arguments (`jax.jit(fn).lower(...)`, as
-    `giftjax.train.abstract` does) or shape-checked with `jax.eval_shape`.
+    `giftjax.train.programs` does) or shape-checked with `jax.eval_shape`.
 
     Args:
       model: a `giftjax.models.Decoder` (or any NNX module with its calling convention:

@@ -1,7 +1,7 @@
 """Exact micro-batch accumulation: one gradient tree from K micro-batches in one ``lax.scan``.
 
 Exact token means. A loss fn returns ``(loss, aux)`` with ``aux["numerator"]`` and
-``aux["denominator"]`` (see :mod:`giftjax.losses.common`). The scan differentiates the
+``aux["denominator"]`` (see `giftjax.losses.common`). The scan differentiates the
 *numerator* of each micro-batch, sums those gradients and the denominators, and divides once:
 
     g = sum_k grad(num_k) / sum_k den_k,
@@ -85,8 +85,8 @@ def accumulate_grads(
       name: used in error messages.
 
     Returns:
-      :class:`BranchGrads`. The gradient is accumulated in float32 and returned in each
-      parameter's dtype.
+      [`BranchGrads`][giftjax.train.BranchGrads]. The gradient is accumulated in float32 and
+      returned in each parameter's dtype.
     """
     microbatches, k = _stack(microbatches, name.replace("loss_fn", "microbatches"))
 

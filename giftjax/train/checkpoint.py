@@ -2,16 +2,16 @@
 
 Independent of what the train state holds:
 
-- :class:`Checkpointer` saves and restores any pytree of ``jax.Array`` (sharded or not, typed PRNG
+- `Checkpointer` saves and restores any pytree of ``jax.Array`` (sharded or not, typed PRNG
   keys included), NumPy arrays and Python scalars with orbax, plus the data iterator's state as
   JSON beside it in the same step directory. Saves may run in the background (async); a step
   directory becomes visible under its final name only once complete, so a crash mid-save leaves
-  the previous checkpoints intact and :meth:`Checkpointer.latest_step` never reports a
+  the previous checkpoints intact and `Checkpointer.latest_step` never reports a
   half-written one.
-- :func:`finished_steps` and :func:`resolve_step` read which steps a WORKDIR holds.
+- `finished_steps` and `resolve_step` read which steps a WORKDIR holds.
 
-The run's config.json is :mod:`giftjax.train.run_config`'s, the stop flag
-:mod:`giftjax.train.stop`'s.
+The run's config.json is `giftjax.train.run_config`'s, the stop flag
+`giftjax.train.stop`'s.
 
 Layout of one step (``directory/<step>/``): ``state/`` (orbax ``StandardSave``) and ``data/``
 (orbax ``JsonSave`` of ``{"kind": "none" | "json" | "bytes", "value": ...}``; bytes are base64).
@@ -65,7 +65,7 @@ def _encode_data_state(data_state: Mapping | bytes | None) -> dict[str, Any]:
 
 
 def _decode_data_state(record: Mapping[str, Any] | None) -> Mapping | bytes | None:
-    """Inverse of :func:`_encode_data_state`."""
+    """Inverse of `_encode_data_state`."""
     if record is None or record.get("kind") == "none":
         return None
     if record["kind"] == "bytes":
@@ -78,18 +78,18 @@ def _decode_data_state(record: Mapping[str, Any] | None) -> Mapping | bytes | No
 class Checkpointer:
     """Keep-N, optionally asynchronous orbax checkpoints of a train state and a data state.
 
-    All processes of a multi-host job must create the Checkpointer and call :meth:`save` and
-    :meth:`restore` together (orbax coordinates them; process 0 writes the metadata).
+    All processes of a multi-host job must create the Checkpointer and call `save` and
+    `restore` together (orbax coordinates them; process 0 writes the metadata).
 
     Args:
       directory: where step directories go (``WORKDIR/checkpoints``); created if missing.
         Unfinished temporary directories left by a crash are removed on start.
       every: save every ``every`` steps (``step % every == 0``), >= 1.
       keep: how many of the newest checkpoints to keep, >= 1.
-      async_save: write in a background thread; :meth:`save` returns once the arrays are copied
-        off the devices. :meth:`wait` or :meth:`close` blocks until the write has finished.
+      async_save: write in a background thread; `save` returns once the arrays are copied
+        off the devices. `wait` or `close` blocks until the write has finished.
       read_only: only list and restore (evaluation): the directory is neither created nor
-        cleaned of unfinished saves (a run may be writing one), and :meth:`save` is refused.
+        cleaned of unfinished saves (a run may be writing one), and `save` is refused.
     """
 
     def __init__(
@@ -189,7 +189,7 @@ class Checkpointer:
         """Load checkpoint ``step``, each array placed as ``abstract_state`` says.
 
         Args:
-          step: a step listed by :meth:`all_steps` (usually :meth:`latest_step`).
+          step: a step listed by `all_steps` (usually `latest_step`).
           abstract_state: the state's structure as ``jax.ShapeDtypeStruct`` leaves WITH their
             target ``sharding`` (``jax.eval_shape`` of the init function, then the shardings
             attached), Python scalars where the state holds Python scalars. Every array is read
@@ -197,7 +197,7 @@ class Checkpointer:
             another.
 
         Returns:
-          ``(state, data_state)``: data_state as given to :meth:`save` (mapping, bytes or None).
+          ``(state, data_state)``: data_state as given to `save` (mapping, bytes or None).
 
         Raises:
           FileNotFoundError: no finished checkpoint for ``step``; the message lists those there.

@@ -1,11 +1,11 @@
 """The trainer's config: every key with its default, and the checks run before a run starts.
 
-Recipes (``configs/*.py``) start from :func:`base_config` and change what they need; the
-command line overrides any key (``--config.train.steps=100``) through absl and
+Recipes (``configs/*.py``) start from [`base_config`][giftjax.train.base_config] and change what
+they need; the command line overrides any key (``--config.train.steps=100``) through absl and
 ml_collections. The config is locked, so a misspelt key fails at once; ml_collections checks
-each override's type. :func:`validate` then checks what types cannot: choices, ranges and the
-divisibility of the batch by the mesh, the groups and the micro-batches. Every error names
-the key, the value received and what would be valid.
+each override's type. [`validate`][giftjax.train.validate] then checks what types cannot: choices,
+ranges and the divisibility of the batch by the mesh, the groups and the micro-batches. Every error
+names the key, the value received and what would be valid.
 
 Sections (see the README's "Config keys" table for each key's meaning):
 
@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.stop_at_eos = True  # False: always max_new_tokens tokens (benchmarks)
     # pi_old of the GRPO-family ratio: "recompute" (a trainer pass over the rollout batch when
     # updates_per_rollout > 1) or "sampler" (the sampler's log-probs, no pass, with a truncated
-    # importance weight min(exp(trainer - sampler), tis_cap); see giftjax/train/step.py).
+    # importance weight min(exp(trainer - sampler), tis_cap); see giftjax/train/objectives.py).
     c.rollout.old_logps = "recompute"
     c.rollout.tis_cap = 2.0
 

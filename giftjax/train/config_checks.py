@@ -1,7 +1,7 @@
 """The config checks of whole sections: data, LoRA, batch divisibility, GAC.
 
-:func:`giftjax.train.config.validate` runs them after the single-key checks. Every error is
-a :class:`giftjax.train.config.ConfigError` naming the key, the value received and the fix.
+[`validate`][giftjax.train.validate] runs them after the single-key checks. Every error is
+a [`ConfigError`][giftjax.train.ConfigError] naming the key, the value received and the fix.
 """
 
 from __future__ import annotations

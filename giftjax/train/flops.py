@@ -2,7 +2,7 @@
 
 XLA's cost analysis counts a loop body once (the layer scan, the micro-batch scan, the decode
 loop), so compiled programs undercount. These counts lower the same functions
-(:func:`giftjax.train.programs.programs`) with every scan unrolled, on the host CPU, on 1- and
+(`giftjax.train.programs.programs`) with every scan unrolled, on the host CPU, on 1- and
 2-layer copies of the model extrapolated to L identical layers, with the decode loop counted
 ``max_new_tokens - 1`` times (every row generating to the end, an upper bound). A step costs
 ``sampler + logps_calls x logps + updates_per_step x train`` (``giftjax.aot``'s report).

@@ -2,12 +2,12 @@
 
 One step takes an SFT micro-batch stack (demonstrations) and an RL micro-batch stack (rollouts),
 runs one ``lax.scan`` over each, and hands ``{"sft": g_sft, "rl": g_rl}`` with the ``gradient``
-estimator's statistics to an optimiser that chains :func:`giftjax.optim.gac` first. Each
+estimator's statistics to an optimiser that chains [`gac`][giftjax.optim.gac.gac] first. Each
 micro-batch gets exactly one forward and one backward pass, which is what a fixed-weight hybrid
 costs; the statistics add one squared norm per micro-batch gradient (a few FLOPs per parameter).
 
 Both gradients are exact token means over their micro-batches, and the noise statistic is
-measured on the way (:func:`giftjax.train.accumulate.accumulate_grads`).
+measured on the way ([`accumulate_grads`][giftjax.train.accumulate_grads]).
 
 Shape letters: ``K`` micro-batches, leading axis of every leaf of a micro-batch stack.
 """
@@ -51,9 +51,11 @@ def hybrid_step(
         ...)``.
       collect_stats: measure the ``gradient`` estimator's statistics and pass them as
         ``gac_stats`` (needs K >= 2 in each branch to refresh GAC's statistics).
-      gac_stats: statistics measured elsewhere (e.g. :func:`giftjax.optim.gac_proxy_stats`
-        from the rollout's log-probs) for ``collect_stats=False``.
-      unroll: ``lax.scan`` unrolling of the micro-batch loops (see :func:`accumulate_grads`).
+      gac_stats: statistics measured elsewhere (e.g.
+        [`gac_proxy_stats`][giftjax.optim.gac_proxy_stats] from the rollout's log-probs) for
+        ``collect_stats=False``.
+      unroll: ``lax.scan`` unrolling of the micro-batch loops (see
+        [`accumulate_grads`][giftjax.train.accumulate_grads]).
 
     Returns:
       ``(new_params, new_opt_state, metrics)``; metrics hold ``loss/sft``, ``loss/rl``,
@@ -61,7 +63,7 @@ def hybrid_step(
       micro-batches),
       ``grad_norm/sft``, ``grad_norm/rl`` and, when ``tx`` holds a GAC state, ``gac/mu`` (the
       weight applied in this step), ``gac/mu_raw``, ``gac/prior`` and the rest of
-      :func:`giftjax.optim.gac_metrics`, ``grad/norm`` (of the mixed gradient) and ``loss``
+      [`gac_metrics`][giftjax.optim.gac_metrics], ``grad/norm`` (of the mixed gradient) and ``loss``
       (the mixed loss ``(1 - mu) loss/rl + mu loss/sft``).
     """
     if collect_stats and gac_stats is not None:
@@ -116,9 +118,9 @@ def make_hybrid_step(
 
     Args:
       tx: the optimiser, ``optax.chain(optim.gac(...), ...)``.
-      sft_loss_fn: see :func:`hybrid_step`.
-      rl_loss_fn: see :func:`hybrid_step`.
-      collect_stats: see :func:`hybrid_step`.
+      sft_loss_fn: see [`hybrid_step`][giftjax.train.hybrid_step].
+      rl_loss_fn: see [`hybrid_step`][giftjax.train.hybrid_step].
+      collect_stats: see [`hybrid_step`][giftjax.train.hybrid_step].
       donate: donate ``params`` and ``opt_state`` (updated in place on the device).
       in_shardings: optional ``jax.jit`` in_shardings for the five arguments.
       out_shardings: optional ``jax.jit`` out_shardings for ``(params, opt_state, metrics)``.

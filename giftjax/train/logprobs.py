@@ -44,8 +44,8 @@ def response_logps(
     With ``group_size`` G > 1 the rows are groups of G responses to one prompt (rows
     ``g*G .. g*G+G-1`` share their prompt columns, as every RL rollout batch does): each
     prompt then goes through the model once, not G times
-    (:meth:`giftjax.models.Decoder.shared_prefix_hidden`), and only the first row of each
-    group's prompt is read. The log-probs are the same up to float rounding.
+    ([`Decoder.shared_prefix_hidden`][giftjax.models.Decoder.shared_prefix_hidden]), and only the
+    first row of each group's prompt is read. The log-probs are the same up to float rounding.
 
     Args:
       graphdef: the model's NNX graphdef.
@@ -118,7 +118,7 @@ def logps_fn(
     rules: Any,
     group_size: int = 1,
 ) -> Callable[[Any, Array, Array], Array]:
-    """``(params, tokens [B, T], attn_mask [B, T]) -> [B, M]``: :func:`response_logps` with
+    """``(params, tokens [B, T], attn_mask [B, T]) -> [B, M]``: `response_logps` with
     the run's static settings bound."""
     return functools.partial(
         response_logps,
@@ -142,7 +142,7 @@ def make_logps_fn(
     group_size: int = 1,
 ):
     """The jitted ``(params, tokens [B, T], attn_mask [B, T]) -> logps [B, M]`` used for the
-    reference and pi_old log-probs (no gradient); ``group_size`` as in :func:`response_logps`
+    reference and pi_old log-probs (no gradient); ``group_size`` as in `response_logps`
     (``RunPlan.logps_group_size`` for rollout rows, 1 for demonstrations)."""
     fn = logps_fn(
         graphdef,

@@ -2,15 +2,17 @@
 
 ``train(config, workdir)`` runs ``train.warmup_sft_steps`` SFT steps on demonstrations (if
 any), then ``train.steps`` steps of ``algo.name``, each running the passes its run plan
-(:class:`giftjax.train.plan.RunPlan`) names. The frozen reference of
-``algo.reference="initial"`` (and of dpo) is the model after the warm-up. An RL step is::
+(`giftjax.train.plan.RunPlan`) names. The frozen reference of
+``algo.reference="initial"`` (and of dpo) is the model after the warm-up. An RL step is:
 
-    rows = next(data)                                  # P prompts (grain, per host)
-    rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
-    old, ref = log-probs under pi_old / the reference  # once per rollout batch
-    for u in range(train.updates_per_rollout):         # whole groups per update
-        state = update(state, rows of update u)        # micro-batched, exact
-    log, eval, checkpoint
+```
+rows = next(data)                                  # P prompts (grain, per host)
+rollout = generate_rollout(params, rows, ...)      # G samples each, decoded, rewarded
+old, ref = log-probs under pi_old / the reference  # once per rollout batch
+for u in range(train.updates_per_rollout):         # whole groups per update
+    state = update(state, rows of update u)        # micro-batched, exact
+log, eval, checkpoint
+```
 
 ``dpo`` and ``sft`` train on preference pairs / demonstrations of the same rows instead, and
 ``hybrid`` mixes an SFT branch on the rows' demonstrations with the RL branch under GAC.
@@ -73,7 +75,7 @@ class Trainer:
       read_only: open an existing run for evaluation only (``python -m giftjax.eval``):
         config.json must exist and may differ only in ``run_config.EVAL_KEYS``; nothing is
         written (no config.json, metrics, data iterator or reward error log) and no checkpoint
-        is restored until :meth:`restore` is called. :meth:`run` is refused.
+        is restored until `restore` is called. `run` is refused.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, read_only: bool = False):

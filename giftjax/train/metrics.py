@@ -2,18 +2,18 @@
 
 Files under WORKDIR (the layout in README.md, "What a run writes"):
 
-- ``metrics.jsonl``: one JSON object per :meth:`MetricsLogger.log` call, ``{"step": int, ...}``
+- ``metrics.jsonl``: one JSON object per `MetricsLogger.log` call, ``{"step": int, ...}``
   with the keys as given (``reward/mean``, ``loss``, ``gac/mu`` ...). Floats are written at full
   precision (``json`` writes the shortest repr that reads back to the same float64, and float32
   values convert to float64 exactly); integer values stay integers. Non-finite values are kept:
   ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity``, which Python's ``json`` (and
-  :func:`giftjax.workdir.read_jsonl`)
+  `giftjax.workdir.read_jsonl`)
   reads back. Each line is flushed when written, so a process killed at any
   moment leaves at most one partial last line, which readers drop.
 - ``samples.jsonl``: one object per sample row, ``{"step": int, **row}``.
 - ``tensorboard/``: event files written by tensorboardX (no TensorFlow needed).
 
-After a restart from the checkpoint of step ``s``, :meth:`MetricsLogger.resume` drops every row
+After a restart from the checkpoint of step ``s``, `MetricsLogger.resume` drops every row
 with a later step (and TensorBoard's later events), so each step appears exactly once.
 """
 
@@ -69,7 +69,7 @@ class MetricsLogger:
 
     Only the main process writes (``is_main=False`` makes every method a no-op), so every
     process of a multi-host job may call it. Files are opened at the first write; after a
-    restart call :meth:`resume` first. Usable as a context manager (closes on exit).
+    restart call `resume` first. Usable as a context manager (closes on exit).
 
     Args:
       workdir: the run's directory; files go where the module docstring says.

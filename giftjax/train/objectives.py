@@ -1,13 +1,13 @@
 """The objectives a step can train: ``name -> Objective`` and the micro-batch losses.
 
-**Adding an algorithm** is one :class:`Objective` entry in :data:`RL_OBJECTIVES` here (its loss
+**Adding an algorithm** is one `Objective` entry in `RL_OBJECTIVES` here (its loss
 on ``logps [b, M]`` and a micro-batch, and whether it reads reference log-probs and group
-advantages), one row in :data:`giftjax.train.plan.PLAN_ROWS` (its family), and its name in the
+advantages), one row in `giftjax.train.plan.PLAN_ROWS` (its family), and its name in the
 config's choice list (``giftjax.train.config.ALGOS``). The Trainer, the AOT programs and the
 update builders then follow the run plan; nothing else branches on the name.
 
 Every loss is exact under micro-batching: it returns ``aux["numerator"]`` and
-``aux["denominator"]``, and :func:`giftjax.train.accumulate.accumulate_grads` divides once over
+``aux["denominator"]``, and [`accumulate_grads`][giftjax.train.accumulate_grads] divides once over
 the whole batch (micro-batches hold whole groups, so GIFT's and GRPO's group statistics are
 unchanged).
 

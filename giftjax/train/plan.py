@@ -1,14 +1,14 @@
 """The run plan: which passes a step runs, decided once from the config.
 
-:meth:`RunPlan.from_config` reads the config and the device count and decides everything the
+`RunPlan.from_config` reads the config and the device count and decides everything the
 Trainer (``giftjax.train.loop``) and the abstract programs (``giftjax.train.programs``, behind
 ``giftjax.aot``) must agree on: the family of ``algo.name``, the RL objective, whether a pi_old
 or a reference log-prob pass runs, whether the train state keeps a reference copy, the number
 of optimiser updates, the keys of each update's batches and how many prompt rows the sampler
 runs. Neither of them branches on ``algo.name`` again.
 
-**Adding an algorithm** is one row in :data:`PLAN_ROWS` here (its family and RL objective), one
-:class:`giftjax.train.objectives.Objective` entry in ``objectives.RL_OBJECTIVES`` (for an RL
+**Adding an algorithm** is one row in `PLAN_ROWS` here (its family and RL objective), one
+`giftjax.train.objectives.Objective` entry in ``objectives.RL_OBJECTIVES`` (for an RL
 objective), and its name in the config's choice list (``giftjax.train.config.ALGOS``).
 
 Shape letters: P prompts per step, G samples per prompt, U updates per rollout.

@@ -1,7 +1,7 @@
 """The trainer's jitted programs on abstract values: shape checks and ahead-of-time compiles.
 
 A run executes three kinds of device program per RL step, all on one mesh and one copy of
-the weights (docs/architecture.md, "One RL step"):
+the weights (docs/development/architecture.md, "One RL step"):
 
 - ``sampler``: ``giftjax.sampling.generate`` on the policy parameters, P prompts x G samples,
   a KV cache of ``data.max_prompt_len + rollout.max_new_tokens`` slots;
@@ -9,12 +9,12 @@ the weights (docs/architecture.md, "One RL step"):
   (only when the run plan has such a pass; for dpo the reference over the P pairs);
 - ``train``: one optimiser update on P*G / updates_per_rollout rows, micro-batched.
 
-:func:`programs` builds each of them from the config alone: the parameters are
+`programs` builds each of them from the config alone: the parameters are
 ``jax.ShapeDtypeStruct`` leaves of the model preset's shapes (no weights are read or made),
 placed with the shardings the Trainer gives them, and each program is the function the Trainer
 jits (``updates.make_update``, ``logprobs.make_logps_fn``, ``sampling.generate``) with the
 batch shapes and placements the loop hands it. Which programs exist and what their batches hold
-comes from the same :class:`giftjax.train.plan.RunPlan` the Trainer follows.
+comes from the same `giftjax.train.plan.RunPlan` the Trainer follows.
 ``jax.eval_shape(p.fn, *p.args)`` checks a recipe on any mesh; ``p.fn.lower(*p.args)
 .compile()`` on a mesh of TPU topology devices gives the per-chip memory of a real run
 (``giftjax.aot``).

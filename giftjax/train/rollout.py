@@ -195,7 +195,7 @@ def host_share(rows: Sequence[Any], mesh: Mesh) -> tuple[list[Any], int]:
 
     Multi-process: the rows are padded (repeating the last) to a multiple of the data axes'
     size data x fsdp, then split into ``process_count`` contiguous blocks; single process: all
-    rows. Returns ``(block, padded_total)``; :func:`giftjax.distributed.allgather` of per-row
+    rows. Returns ``(block, padded_total)``; `giftjax.distributed.allgather` of per-row
     results gives ``padded_total`` rows, the first ``len(rows)`` of them the real ones.
     """
     rows = list(rows)

@@ -1,8 +1,8 @@
 """The run's config.json: written on the first run, checked on every resume and evaluation.
 
-:func:`check_config` writes ``WORKDIR/config.json`` (``giftjax.workdir.CONFIG_JSON``) on the
+`check_config` writes ``WORKDIR/config.json`` (``giftjax.workdir.CONFIG_JSON``) on the
 first run and refuses to resume with a different config, naming every key that changed; the
-keys of :data:`RESUMABLE_KEYS` may change on a resume, those of :data:`EVAL_KEYS` when a
+keys of `RESUMABLE_KEYS` may change on a resume, those of `EVAL_KEYS` when a
 checkpoint is only evaluated.
 """
 
@@ -112,7 +112,7 @@ def check_config(
     """Write ``WORKDIR/config.json`` on the first run; on a resume, refuse a changed config.
 
     The config is compared as it reads back from JSON (tuples equal lists). Changes to keys in
-    ``allow`` (default :data:`RESUMABLE_KEYS`: ``train.steps``, ``log.*``, ``checkpoint.keep``)
+    ``allow`` (default `RESUMABLE_KEYS`: ``train.steps``, ``log.*``, ``checkpoint.keep``)
     are accepted and config.json is rewritten with the new values; any other difference raises.
     Only process 0 writes; every process compares.
 

@@ -14,14 +14,16 @@ __all__ = ["StopSignal"]
 class StopSignal:
     """SIGTERM / SIGINT -> a flag the training loop polls (then saves once and exits 0).
 
-    Use as a context manager around the loop; the previous handlers come back on exit::
+    Use as a context manager around the loop; the previous handlers come back on exit:
 
-        with StopSignal() as stop:
-            for step in ...:
-                ...
-                if stop.requested:
-                    checkpointer.save(step, state, force=True)
-                    break
+    ```
+    with StopSignal() as stop:
+        for step in ...:
+            ...
+            if stop.requested:
+                checkpointer.save(step, state, force=True)
+                break
+    ```
 
     A second SIGINT while a stop is pending raises ``KeyboardInterrupt`` (press Ctrl-C twice to
     stop at once). Python handles signals only in the main thread: entered from another thread,

@@ -1,10 +1,10 @@
 """The jitted optimiser updates: ``(state, *batches) -> (state, metrics)``, one per family.
 
-Every builder takes one :class:`UpdateContext` (the graphdef, optimiser, config, run plan,
+Every builder takes one `UpdateContext` (the graphdef, optimiser, config, run plan,
 mesh, prompt length and state shardings the Trainer and the abstract programs both build once)
 and returns the jitted update with the state donated. Each update splits its batches into
 ``train.micro_batches`` micro-batches of whole groups, accumulates the exact gradient
-(:func:`giftjax.train.accumulate.accumulate_grads`) and applies ``tx`` to the trainable
+([`accumulate_grads`][giftjax.train.accumulate_grads]) and applies ``tx`` to the trainable
 parameters (the adapters alone with LoRA).
 
 Shape letters: B rows of one update (whole groups, ``B = P_u x G``), K micro-batches.
@@ -183,7 +183,7 @@ def make_hybrid_update(ctx: UpdateContext) -> Update:
     The RL branch is ``algo.hybrid.rl``'s loss on the rollout rows, the SFT branch
     ``sft_loss(weighting=algo.hybrid.sft_weighting)`` on the demonstrations; both are
     accumulated over ``train.micro_batches`` micro-batches and mixed by ``optim.gac`` in
-    :func:`giftjax.train.hybrid.hybrid_step` with the ``gradient`` estimator's statistics
+    [`hybrid_step`][giftjax.train.hybrid_step] with the ``gradient`` estimator's statistics
     (measured unless ``algo.gac.collect_stats`` is False).
     """
     c, k, lora = ctx.config, ctx.config.train.micro_batches, ctx.plan.lora
