@@ -11,7 +11,8 @@ runs. Neither of them branches on ``algo.name`` again.
 `giftjax.train.objectives.Objective` entry in ``objectives.RL_OBJECTIVES`` (for an RL
 objective), and its name in the config's choice list (``giftjax.train.config.ALGOS``).
 
-Shape letters: P prompts per step, G samples per prompt, U updates per rollout.
+Shape letters: P prompts per step, G samples per prompt; u = ``train.updates_per_rollout`` (a
+count without a shape letter: U is the micro-batch count).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class RunPlan:
       lora: only LoRA adapters train (``model.lora.rank > 0``).
       advantage: the group-advantage method of the batch's ``advantages``; None: no key.
       warmup_steps, steps: SFT warm-up steps, then ``train.steps`` steps of ``algo``.
-      updates_per_step: optimiser updates per step after the warm-up (U for rl and hybrid).
+      updates_per_step: optimiser updates per step after the warm-up (u for rl and hybrid).
       logps_group_size: the group size log-prob passes over rollout rows share prompts over.
       update_batches: the keys of each batch the update takes after the state: rollout rows
         (rl), rollout rows and demonstrations (hybrid), pairs (dpo), demonstrations (sft).
@@ -205,7 +206,7 @@ class RunPlan:
 
     @property
     def rows_per_update(self) -> tuple[int, ...]:
-        """Rows of each of the update's batches: P*G/U rollout rows, P/U demonstrations
+        """Rows of each of the update's batches: P*G/u rollout rows, P/u demonstrations
         (hybrid); P pairs or demonstrations (dpo, sft)."""
         u = self.updates_per_step
         rows = {"rl": (self.prompts * self.samples // u,)}
