@@ -10,7 +10,15 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    flags += " --xla_force_host_platform_device_count=8"
+# The tests' programs are tiny and each is compiled for a few calls, so the compile dominates:
+# LLVM at -O0 compiles them about 1.5x faster (tests/test_train_loop.py). XLA still fixes the
+# order of every reduction and emits no fast-math; what may change is rounding at the ulp level
+# (contracted multiply-adds), which the precision-derived tolerances cover (tests/precision.py).
+# The subprocesses of the end-to-end tests inherit it (tests/processes.py).
+if "xla_backend_optimization_level" not in flags:
+    flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = flags.strip()
 # Compiled programs go to an on-disk cache that the xdist workers and the subprocesses of the
 # end-to-end tests (which inherit this environment) share: the smoke recipe's train step that ten
 # CLI runs compile is compiled once. JAX keys an entry by the program, the compile options, the

@@ -36,9 +36,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# One worker runs the module (pyproject: --dist loadgroup): the commands that read a trained
-# run share the `train` fixture's run.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docs_commands")]
+pytestmark = [pytest.mark.e2e]
 
 # A documented command that is too long to run in a test -> the short variant actually run
 # (same file and variant, smaller sizes). Keys are the command exactly as documented.

@@ -35,8 +35,7 @@ OVERRIDES = {
 }
 FINAL = 3  # warm-up + steps: the last step, where the loop always evaluates
 
-# One worker runs the module (pyproject: --dist loadgroup): its tests share one trained run.
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("eval_cli")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _config():

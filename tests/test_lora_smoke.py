@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import xla_flags
 
 from configs import smoke_cpu
 from giftjax.workdir import read_jsonl
@@ -34,7 +35,7 @@ DOCUMENTED = (
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one CPU device, as on a laptop
+    env["XLA_FLAGS"] = xla_flags(env.get("XLA_FLAGS", ""))  # one CPU device, as on a laptop
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=900,

@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from precision import F32_EPS, decoder_depth
+from processes import xla_flags
 
 from configs import smoke_cpu
 from giftjax import distributed
@@ -51,14 +52,12 @@ ARGS = (
 )
 TIMED = ("time/", "tokens/per_sec")  # wall-clock measurements differ between runs
 slow = pytest.mark.slow
-# One worker runs the module (pyproject: --dist loadgroup): the resume test compares with the
-# module's 2-process run, and two 2-process runs never compete for the CPU at once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
+pytestmark = [pytest.mark.e2e]
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTJAX_")}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags(env.get("XLA_FLAGS", ""))  # the launcher sets the devices
     env.update({"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable})
     env.update(extra)
     return env
@@ -67,7 +66,7 @@ def _env(**extra: str) -> dict[str, str]:
 def run_single(workdir: Path) -> subprocess.CompletedProcess:
     """1 process x 8 fake devices."""
     cmd = [sys.executable, "-m", "giftjax.main", *ARGS, f"--workdir={workdir}"]
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _env(XLA_FLAGS=xla_flags(os.environ.get("XLA_FLAGS", ""), devices=8))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 

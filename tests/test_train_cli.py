@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from processes import xla_flags
 
 from configs import smoke_cpu
 from giftjax.workdir import read_jsonl
@@ -29,13 +30,12 @@ TOTAL = WARMUP + RL_STEPS  # steps of the short run, warm-up included
 SHORT = "--config=configs/smoke_cpu.py:short"
 TIMED = ("time/", "tokens/per_sec")  # wall-clock measurements differ between runs
 
-# One worker runs the module (pyproject: --dist loadgroup): its tests share one trained run.
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("train_cli")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user's laptop run
+    env["XLA_FLAGS"] = xla_flags(env.get("XLA_FLAGS", ""))  # one CPU device, as on a laptop
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     return env
 
