@@ -145,3 +145,26 @@ def as_float32(tree: Any) -> Any:
 def split_microbatches(batch: Batch, k: int) -> dict[str, Array]:
     """[B, ...] -> [K, B/K, ...] for every leaf (contiguous rows: whole groups stay whole)."""
     return {key: x.reshape(k, x.shape[0] // k, *x.shape[1:]) for key, x in batch.items()}
+
+
+def _split_updates(batch: Batch, parts: int) -> list[Batch]:
+    """``parts`` batches of consecutive rows, ``[B, ...] -> parts x [B/parts, ...]`` for every
+    leaf (whole groups stay whole): the updates of one rollout batch.
+
+    Jitted (``split_updates``), so the split is one compiled program. Sliced eagerly, each
+    array's slice is a program of its own that every process of a multi-host run must dispatch
+    in step with the others, and two processes were seen to stall there
+    (tests/test_multihost.py).
+    """
+    rows = next(iter(batch.values())).shape[0]
+    if any(x.shape[0] != rows for x in batch.values()) or rows % parts:
+        shapes = {key: x.shape for key, x in batch.items()}
+        raise ValueError(
+            f"split_updates: {parts} updates need the same number of rows, a multiple of "
+            f"{parts}, in every array; got {shapes}."
+        )
+    n = rows // parts
+    return [{key: x[i * n : (i + 1) * n] for key, x in batch.items()} for i in range(parts)]
+
+
+split_updates = jax.jit(_split_updates, static_argnums=1)

@@ -50,12 +50,12 @@ from giftjax import data as data_lib
 from giftjax import distributed, losses, models, rewards
 from giftjax import sharding as sharding_lib
 from giftjax import workdir as workdir_lib
+from giftjax.train import accumulate, run_config
 from giftjax.train import checkpoint as ckpt_lib
 from giftjax.train import config as config_lib
 from giftjax.train import evaluate as eval_lib
 from giftjax.train import metrics as metrics_lib
 from giftjax.train import rollout as rollout_lib
-from giftjax.train import run_config
 from giftjax.train import state as state_lib
 from giftjax.train import updates as updates_lib
 from giftjax.train.logprobs import make_logps_fn
@@ -351,11 +351,9 @@ class Trainer:
                 )
             )
         per_update = []
-        for i in range(plan.updates_per_step):  # whole groups (and demonstrations) per update
-            parts = [
-                {k: v[i * n : (i + 1) * n] for k, v in b.items()}
-                for b, n in zip(batches, plan.rows_per_update, strict=True)
-            ]
+        u = plan.updates_per_step  # whole groups (and demonstrations) per update
+        split = [accumulate.split_updates(b, u) for b in batches]
+        for parts in zip(*split, strict=True):
             self.state, m = self.update(self.state, *parts)
             per_update.append(m)
         out = metrics_lib.mean_host_floats(per_update)
